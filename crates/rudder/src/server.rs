@@ -1,0 +1,117 @@
+//! `rudder server`: the control plane in one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use rudder_apiserver::ApiServer;
+use rudder_store::Compactor;
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Where all state lives (the embedded store, the kubeconfig).
+    #[arg(
+        long,
+        default_value = "/var/lib/rudder/server",
+        env = "RUDDER_DATA_DIR"
+    )]
+    data_dir: PathBuf,
+    /// Address the API is served on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Use an etcd cluster instead of the embedded store:
+    /// `http://host:2379[,http://host2:2379…]`.
+    #[arg(long, env = "RUDDER_DATASTORE_ENDPOINT")]
+    datastore_endpoint: Option<String>,
+    /// Run only the control plane, no node agent on this machine.
+    #[arg(long)]
+    disable_agent: bool,
+    /// How often old store revisions are compacted (history is kept for
+    /// at least this long, as kube-apiserver's --etcd-compaction-interval).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    compaction_interval: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("invalid duration {text:?}: use ms, s, m or h")),
+    }
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
+    let store = rudder_store::open(&args.data_dir, args.datastore_endpoint.as_deref())
+        .await
+        .context("opening the store")?;
+    tracing::info!(backend = store.backend(), "store ready");
+    if !args.disable_agent {
+        tracing::warn!(
+            "the node agent is not built yet: this server runs the control plane only \
+             (pass --disable-agent to silence this warning)"
+        );
+    }
+    tokio::spawn(Compactor::new(store.clone(), args.compaction_interval).run());
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let server = ApiServer::new(store);
+    let serving = tokio::spawn(server.serve(listener, shutdown_signal()));
+
+    let kubeconfig = args.data_dir.join("kubeconfig.yaml");
+    crate::kubeconfig::write(
+        &kubeconfig,
+        &crate::kubeconfig::render(&format!("http://{local}")),
+    )?;
+    tracing::info!(address = %local, kubeconfig = %kubeconfig.display(), "API server ready");
+
+    serving.await.context("the API server task failed")??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_like_kubernetes_flags() {
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+}
