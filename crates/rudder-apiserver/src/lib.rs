@@ -3,17 +3,34 @@
 //! (authenticate, authorize, admit, validate, store); every failure leaves
 //! as a `metav1.Status` built in one place, [`ApiError`].
 
+mod bootstrap;
+mod defaults;
+mod discovery;
 mod error;
 mod health;
+mod object;
+mod patch;
+mod registry;
+mod request;
+mod rest;
+mod scale;
+mod selection;
+mod table;
+mod validation;
+mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use rudder_store::DynStore;
 use tokio::net::TcpListener;
 
-pub use error::ApiError;
+pub use error::{ApiError, FieldCause};
+pub use registry::{Registry, ResourceInfo};
 
 /// The Kubernetes version this server speaks, as `/version` reports it.
 pub const KUBERNETES_VERSION: (&str, &str) = ("1", "32");
@@ -26,12 +43,20 @@ pub struct ApiServer {
 
 struct Inner {
     store: DynStore,
+    registry: Registry,
+    advertise_address: String,
 }
 
 impl ApiServer {
-    pub fn new(store: DynStore) -> Self {
+    /// A server over `store`, reachable by clients at `advertise_address`
+    /// (`host:port`).
+    pub fn new(store: DynStore, advertise_address: String) -> Self {
         ApiServer {
-            inner: Arc::new(Inner { store }),
+            inner: Arc::new(Inner {
+                store,
+                registry: Registry::with_builtins(),
+                advertise_address,
+            }),
         }
     }
 
@@ -39,10 +64,25 @@ impl ApiServer {
         &self.inner.store
     }
 
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub(crate) fn advertise_address(&self) -> &str {
+        &self.inner.advertise_address
+    }
+
+    /// Creates what every cluster has from the start (the system
+    /// namespaces). Safe to run at every start.
+    pub async fn bootstrap(&self) -> Result<(), ApiError> {
+        bootstrap::run(self).await
+    }
+
     /// Every route the server answers.
     pub fn router(&self) -> Router {
         health::routes()
-            .fallback(|| async { ApiError::not_found_path() })
+            .fallback(dispatch)
+            .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(self.clone())
     }
 
@@ -59,5 +99,40 @@ impl ApiServer {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
+    }
+}
+
+/// Routes every API path: discovery documents and resources.
+async fn dispatch(State(server): State<ApiServer>, request: Request<Body>) -> Response {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let result = async {
+        if parts.method == axum::http::Method::GET {
+            if let Some(response) = server.discovery(&path) {
+                return Ok(response);
+            }
+        }
+        let Some(target) = request::parse_resource_path(server.registry(), &path)? else {
+            return Err(ApiError::NotFoundPath);
+        };
+        let query = request::Query::parse(parts.uri.query())?;
+        let body = rest::read_body(body).await?;
+        server
+            .handle_resource(
+                parts.method.clone(),
+                target,
+                query,
+                parts.headers.clone(),
+                body,
+            )
+            .await
+    }
+    .await;
+    match result {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::debug!(method = %parts.method, path, error = %err, "request failed");
+            err.into_response()
+        }
     }
 }

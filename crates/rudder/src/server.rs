@@ -71,7 +71,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let local = listener.local_addr()?;
-    let server = ApiServer::new(store);
+    let server = ApiServer::new(store, local.to_string());
+    server
+        .bootstrap()
+        .await
+        .context("creating the system namespaces")?;
     let serving = tokio::spawn(server.serve(listener, shutdown_signal()));
 
     let kubeconfig = args.data_dir.join("kubeconfig.yaml");

@@ -1,0 +1,10 @@
+//! API machinery shared by Rudder's components, like Go's apimachinery or
+//! `kube-core`: pure functions over JSON objects, with no I/O.
+//!
+//! - [`selector`]: label and field selectors (parsing and matching).
+//! - [`strategic_merge`]: JSON merge patch and strategic merge patch.
+//! - [`quantity`]: resource quantities.
+
+pub mod quantity;
+pub mod selector;
+pub mod strategic_merge;
