@@ -47,6 +47,28 @@ impl ApiServer {
         Some((StatusCode::OK, axum::Json(body)).into_response())
     }
 
+    /// `/openapi/v2`, `/openapi/v3` and `/openapi/v3/<group-version>`.
+    pub(crate) fn openapi_document(&self, path: &str) -> Option<Response> {
+        let openapi = self.openapi();
+        let body = match path.trim_end_matches('/') {
+            "/openapi/v2" => serde_json::to_vec(&*openapi.v2_document()),
+            "/openapi/v3" => serde_json::to_vec(&openapi.v3_index()),
+            other => {
+                let prefix = other.strip_prefix("/openapi/v3/")?;
+                serde_json::to_vec(&*openapi.v3_document(prefix)?)
+            }
+        }
+        .ok()?;
+        Some(
+            (
+                StatusCode::OK,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response(),
+        )
+    }
+
     fn resource_list(&self, group: &str, version: &str) -> Option<Value> {
         let resources: Vec<std::sync::Arc<ResourceInfo>> = self
             .registry()

@@ -9,6 +9,7 @@ mod discovery;
 mod error;
 mod health;
 mod object;
+mod openapi;
 mod patch;
 mod registry;
 mod request;
@@ -45,17 +46,22 @@ struct Inner {
     store: DynStore,
     registry: Registry,
     advertise_address: String,
+    /// Rebuilt when custom resources come or go.
+    openapi: std::sync::RwLock<Arc<openapi::OpenApi>>,
 }
 
 impl ApiServer {
     /// A server over `store`, reachable by clients at `advertise_address`
     /// (`host:port`).
     pub fn new(store: DynStore, advertise_address: String) -> Self {
+        let registry = Registry::with_builtins();
+        let openapi = openapi::OpenApi::build(&registry, &Default::default());
         ApiServer {
             inner: Arc::new(Inner {
                 store,
-                registry: Registry::with_builtins(),
+                registry,
                 advertise_address,
+                openapi: std::sync::RwLock::new(Arc::new(openapi)),
             }),
         }
     }
@@ -66,6 +72,14 @@ impl ApiServer {
 
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    pub(crate) fn openapi(&self) -> Arc<openapi::OpenApi> {
+        self.inner
+            .openapi
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn advertise_address(&self) -> &str {
@@ -109,6 +123,9 @@ async fn dispatch(State(server): State<ApiServer>, request: Request<Body>) -> Re
     let result = async {
         if parts.method == axum::http::Method::GET {
             if let Some(response) = server.discovery(&path) {
+                return Ok(response);
+            }
+            if let Some(response) = server.openapi_document(&path) {
                 return Ok(response);
             }
         }

@@ -37,8 +37,23 @@ fn encode(obj: &Value) -> ApiResult<Vec<u8>> {
 }
 
 fn json_response(code: StatusCode, body: &Value) -> Response {
+    json_response_warning(code, body, &[])
+}
+
+/// A JSON answer with `Warning` headers, which kubectl prints to the user.
+fn json_response_warning(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    (code, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+    let mut response = (code, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
+    for warning in warnings {
+        let text = format!(
+            "299 - {}",
+            serde_json::to_string(warning).unwrap_or_default()
+        );
+        if let Ok(value) = axum::http::HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
 }
 
 /// Parses a request body as one JSON object.
@@ -279,6 +294,7 @@ impl ApiServer {
         let info = &path.info;
         let mut obj = parse_object(body)?;
         check_type_meta(info, &mut obj)?;
+        let warnings = self.check_schema(info, &mut obj, &query)?;
         if info.namespaced {
             let Some(ns) = path.namespace.as_deref() else {
                 return Err(ApiError::MethodNotAllowed(format!(
@@ -340,7 +356,7 @@ impl ApiServer {
                     info, &name,
                 )));
             }
-            return Ok(json_response(StatusCode::CREATED, &obj));
+            return Ok(json_response_warning(StatusCode::CREATED, &obj, &warnings));
         }
         let key = info.key(path.namespace.as_deref(), &name);
         let rev = self
@@ -349,7 +365,7 @@ impl ApiServer {
             .await
             .map_err(|e| ApiError::from_store(e, info, &name))?;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(rev.to_string()));
-        Ok(json_response(StatusCode::CREATED, &obj))
+        Ok(json_response_warning(StatusCode::CREATED, &obj, &warnings))
     }
 
     /// New objects may go only into namespaces that exist and are not
@@ -375,6 +391,7 @@ impl ApiServer {
         let name = path.name.clone().unwrap_or_default();
         let mut new = parse_object(body)?;
         check_type_meta(&info, &mut new)?;
+        let warnings = self.check_schema(&info, &mut new, &query)?;
         if object::name(&new) != name {
             return Err(ApiError::BadRequest(format!(
                 "the name of the object ({}) does not match the name on the URL ({name})",
@@ -411,7 +428,7 @@ impl ApiServer {
                 query.dry_run()?,
             )
             .await?;
-        Ok(json_response(StatusCode::OK, &updated))
+        Ok(json_response_warning(StatusCode::OK, &updated, &warnings))
     }
 
     /// Merges `new` onto `current` per the update's kind (main resource or
@@ -547,7 +564,8 @@ impl ApiServer {
             let (current, rev) = self
                 .read_object(&info, path.namespace.as_deref(), &name)
                 .await?;
-            let patched = crate::patch::apply(kind, &info, &current, body)?;
+            let mut patched = crate::patch::apply(kind, &info, &current, body)?;
+            let warnings = self.check_schema(&info, &mut patched, &query)?;
             if object::name(&patched) != name {
                 return Err(ApiError::BadRequest(format!(
                     "the name of the object ({}) does not match the name on the URL ({name})",
@@ -565,7 +583,7 @@ impl ApiServer {
                 .await
             {
                 Err(ApiError::Conflict(..)) => continue,
-                Ok(obj) => return Ok(json_response(StatusCode::OK, &obj)),
+                Ok(obj) => return Ok(json_response_warning(StatusCode::OK, &obj, &warnings)),
                 Err(err) => return Err(err),
             }
         }
@@ -820,6 +838,50 @@ impl ApiServer {
             }
         }
         Err(ApiError::modified(&info, &name))
+    }
+}
+
+impl ApiServer {
+    /// Checks an incoming object against its kind's schema: wrong JSON
+    /// types are a 400; undeclared fields are dropped, and refused or
+    /// warned about per `fieldValidation` (default Warn, as Kubernetes).
+    fn check_schema(
+        &self,
+        info: &ResourceInfo,
+        obj: &mut Value,
+        query: &Query,
+    ) -> ApiResult<Vec<String>> {
+        let mode = query.get("fieldValidation").unwrap_or("Warn");
+        if !matches!(mode, "Ignore" | "Warn" | "Strict") {
+            return Err(ApiError::BadRequest(format!(
+                "fieldValidation must be one of \"Ignore\", \"Warn\", or \"Strict\", got {mode:?}"
+            )));
+        }
+        let report = self
+            .openapi()
+            .check(&info.group, &info.version, &info.kind, obj);
+        let kind = &info.kind;
+        if !report.type_errors.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "{kind} in version \"{}\" cannot be handled as a {kind}: {}",
+                info.version,
+                report.type_errors.join(", ")
+            )));
+        }
+        let unknown: Vec<String> = report
+            .unknown
+            .iter()
+            .map(|f| format!("unknown field {f:?}"))
+            .collect();
+        match mode {
+            "Strict" if !unknown.is_empty() => Err(ApiError::BadRequest(format!(
+                "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
+                info.version,
+                unknown.join(", ")
+            ))),
+            "Warn" => Ok(unknown),
+            _ => Ok(Vec::new()),
+        }
     }
 }
 
