@@ -154,6 +154,9 @@ pub fn prepare_for_create(info: &ResourceInfo, obj: &mut Value) {
             set_default(obj, "type", json!("Normal"));
             set_default(obj, "count", json!(1));
         }
+        ("apiextensions.k8s.io", "customresourcedefinitions") => {
+            obj["status"] = crate::crd::accepted_status(obj);
+        }
         ("scheduling.k8s.io", "priorityclasses") => {
             set_default(obj, "preemptionPolicy", json!("PreemptLowerPriority"));
         }

@@ -4,6 +4,7 @@
 //! as a `metav1.Status` built in one place, [`ApiError`].
 
 mod bootstrap;
+mod crd;
 mod defaults;
 mod discovery;
 mod error;
@@ -48,6 +49,8 @@ struct Inner {
     advertise_address: String,
     /// Rebuilt when custom resources come or go.
     openapi: std::sync::RwLock<Arc<openapi::OpenApi>>,
+    /// The resources CRDs serve now.
+    custom: std::sync::Mutex<crd::CustomSet>,
 }
 
 impl ApiServer {
@@ -62,6 +65,7 @@ impl ApiServer {
                 registry,
                 advertise_address,
                 openapi: std::sync::RwLock::new(Arc::new(openapi)),
+                custom: std::sync::Mutex::new(Default::default()),
             }),
         }
     }
@@ -87,9 +91,11 @@ impl ApiServer {
     }
 
     /// Creates what every cluster has from the start (the system
-    /// namespaces). Safe to run at every start.
+    /// namespaces) and serves the custom resources already defined. Safe
+    /// to run at every start.
     pub async fn bootstrap(&self) -> Result<(), ApiError> {
-        bootstrap::run(self).await
+        bootstrap::run(self).await?;
+        self.sync_custom_resources().await
     }
 
     /// Every route the server answers.

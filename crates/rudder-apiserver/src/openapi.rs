@@ -611,7 +611,26 @@ pub struct SchemaReport {
     /// Paths of fields the schema does not declare (already removed).
     pub unknown: Vec<String>,
     /// Values of the wrong JSON type.
-    pub type_errors: Vec<String>,
+    pub type_errors: Vec<TypeError>,
+}
+
+/// A value whose JSON type is not the schema's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeError {
+    pub path: String,
+    pub found: &'static str,
+    pub expected: String,
+}
+
+impl std::fmt::Display for TypeError {
+    /// The decoding error Kubernetes reports for built-in kinds.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "json: cannot unmarshal {} into Go struct field .{} of type {}",
+            self.found, self.path, self.expected
+        )
+    }
 }
 
 impl SchemaReport {
@@ -624,9 +643,11 @@ impl SchemaReport {
             Value::Array(_) => "array",
             Value::Object(_) => "object",
         };
-        self.type_errors.push(format!(
-            "json: cannot unmarshal {found} into Go struct field .{path} of type {expected}"
-        ));
+        self.type_errors.push(TypeError {
+            path: path.to_owned(),
+            found,
+            expected: expected.to_owned(),
+        });
     }
 }
 
@@ -851,9 +872,17 @@ mod tests {
         let mut deploy = json!({"spec": {"replicas": "three", "paused": 1}});
         let report = openapi.check("apps", "v1", "Deployment", &mut deploy);
         assert_eq!(report.type_errors.len(), 2, "{:?}", report.type_errors);
-        assert!(
-            report.type_errors[0].contains("spec.paused")
-                || report.type_errors[0].contains("spec.replicas")
+        let mut paths: Vec<String> = report.type_errors.iter().map(|e| e.path.clone()).collect();
+        paths.sort();
+        assert_eq!(paths, vec!["spec.paused", "spec.replicas"]);
+        let replicas = report
+            .type_errors
+            .iter()
+            .find(|e| e.path == "spec.replicas")
+            .unwrap();
+        assert_eq!(
+            replicas.to_string(),
+            "json: cannot unmarshal string into Go struct field .spec.replicas of type integer"
         );
         let mut svc = json!({"spec": {"ports": [{"port": 80, "targetPort": "http"}]}});
         assert!(openapi

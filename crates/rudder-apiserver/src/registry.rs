@@ -22,6 +22,21 @@ pub struct ResourceInfo {
     pub subresources: Vec<String>,
     /// Verbs a client may use (discovery's `verbs`).
     pub verbs: Vec<String>,
+    /// Columns `kubectl get` shows for custom resources (the CRD's
+    /// `additionalPrinterColumns`); built-in kinds have theirs in `table`.
+    pub printer_columns: Vec<PrinterColumn>,
+    /// Served by a CustomResourceDefinition.
+    pub custom: bool,
+}
+
+/// One `additionalPrinterColumns` entry of a CRD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrinterColumn {
+    pub name: String,
+    pub kind: String,
+    pub json_path: String,
+    pub priority: u8,
+    pub description: String,
 }
 
 impl ResourceInfo {
@@ -103,6 +118,13 @@ impl Registry {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, Arc::new(info));
+    }
+
+    pub fn remove(&self, group: &str, version: &str, plural: &str) {
+        self.resources
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(group.to_owned(), version.to_owned(), plural.to_owned()));
     }
 
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
@@ -613,6 +635,8 @@ fn builtin_resources() -> impl Iterator<Item = ResourceInfo> {
             categories: r.categories.iter().map(|s| s.to_string()).collect(),
             subresources: r.subresources.iter().map(|s| s.to_string()).collect(),
             verbs,
+            printer_columns: Vec::new(),
+            custom: false,
         }
     })
 }

@@ -86,6 +86,28 @@ impl ApiServer {
         headers: HeaderMap,
         body: bytes::Bytes,
     ) -> ApiResult {
+        let is_crd = path.info.group == "apiextensions.k8s.io"
+            && path.info.plural == "customresourcedefinitions";
+        let mutating = method != Method::GET;
+        let response = self.route(method, path, query, headers, body).await;
+        if is_crd && mutating && response.is_ok() {
+            // Serve (or stop serving) the custom resources at once; the CRD
+            // watch would get there too, a moment later.
+            if let Err(err) = self.sync_custom_resources().await {
+                tracing::warn!(error = %err, "cannot sync custom resources");
+            }
+        }
+        response
+    }
+
+    async fn route(
+        &self,
+        method: Method,
+        path: ResourcePath,
+        query: Query,
+        headers: HeaderMap,
+        body: bytes::Bytes,
+    ) -> ApiResult {
         let sub = path.subresource.clone();
         match (&method, path.name.is_some(), sub.as_deref()) {
             (&Method::GET, false, None) if query.flag("watch") => {
@@ -862,10 +884,29 @@ impl ApiServer {
             .check(&info.group, &info.version, &info.kind, obj);
         let kind = &info.kind;
         if !report.type_errors.is_empty() {
+            if info.custom {
+                // Custom resources are validated against their schema: 422.
+                let causes = report
+                    .type_errors
+                    .iter()
+                    .map(|e| {
+                        FieldCause::invalid(
+                            e.path.clone(),
+                            e.found,
+                            &format!(
+                                "{} in body must be of type {}: {:?}",
+                                e.path, e.expected, e.found
+                            ),
+                        )
+                    })
+                    .collect();
+                return Err(ApiError::invalid(info, object::name(obj), causes));
+            }
+            let errors: Vec<String> = report.type_errors.iter().map(ToString::to_string).collect();
             return Err(ApiError::BadRequest(format!(
                 "{kind} in version \"{}\" cannot be handled as a {kind}: {}",
                 info.version,
-                report.type_errors.join(", ")
+                errors.join(", ")
             )));
         }
         let unknown: Vec<String> = report

@@ -93,6 +93,22 @@ pub fn table(
 }
 
 fn columns(info: &ResourceInfo) -> Vec<Column> {
+    if info.custom {
+        let mut columns = vec![NAME];
+        for c in &info.printer_columns {
+            columns.push(Column {
+                name: leak(&c.name),
+                kind: leak(&c.kind),
+                format: "",
+                priority: c.priority,
+                description: leak(&c.description),
+            });
+        }
+        if info.printer_columns.is_empty() {
+            columns.push(AGE);
+        }
+        return columns;
+    }
     match (info.group.as_str(), info.plural.as_str()) {
         ("", "pods") => vec![
             NAME,
@@ -234,6 +250,47 @@ fn columns(info: &ResourceInfo) -> Vec<Column> {
     }
 }
 
+/// Column texts of custom resources live as long as the table they are in;
+/// interning them keeps `Column` simple. The set of distinct names is small
+/// (one per CRD column), so the memory is bounded.
+fn leak(text: &str) -> &'static str {
+    static INTERNED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut interned = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(found) = interned.iter().find(|s| **s == text) {
+        return found;
+    }
+    let leaked: &'static str = Box::leak(text.to_owned().into_boxed_str());
+    interned.push(leaked);
+    leaked
+}
+
+/// Evaluates the simple JSONPath CRDs use for printer columns
+/// (`.spec.replicas`, `.status.conditions[0].type`).
+fn json_path(obj: &Value, path: &str) -> Value {
+    let mut current = obj;
+    for part in path
+        .trim_start_matches('.')
+        .split('.')
+        .filter(|p| !p.is_empty())
+    {
+        let (field, index) = match part.split_once('[') {
+            Some((field, rest)) => (field, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        current = match current.get(field) {
+            Some(v) => v,
+            None => return Value::Null,
+        };
+        if let Some(i) = index {
+            current = match current.get(i) {
+                Some(v) => v,
+                None => return Value::Null,
+            };
+        }
+    }
+    current.clone()
+}
+
 fn s<'a>(obj: &'a Value, pointer: &str) -> &'a str {
     obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
@@ -253,6 +310,24 @@ fn none_if_empty(text: String) -> String {
 fn cells(info: &ResourceInfo, obj: &Value, now: SystemTime) -> Vec<Value> {
     let name = json!(s(obj, "/metadata/name"));
     let age = json!(age(obj, "/metadata/creationTimestamp", now));
+    if info.custom {
+        let mut cells = vec![name];
+        for c in &info.printer_columns {
+            let value = json_path(obj, &c.json_path);
+            let cell = match (c.kind.as_str(), &value) {
+                (_, Value::Null) => Value::Null,
+                ("date", Value::String(t)) => parse_rfc3339(t)
+                    .map(|t| json!(human_duration(now.duration_since(t).unwrap_or_default())))
+                    .unwrap_or(value),
+                _ => value,
+            };
+            cells.push(cell);
+        }
+        if info.printer_columns.is_empty() {
+            cells.push(age);
+        }
+        return cells;
+    }
     let containers = |pointer: &str| -> (String, String) {
         let list = obj
             .pointer(pointer)

@@ -145,6 +145,9 @@ pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Fi
                 }
             }
         }
+        ("apiextensions.k8s.io", "customresourcedefinitions") => {
+            v.causes.extend(crate::crd::validate(obj, old));
+        }
         ("scheduling.k8s.io", "priorityclasses") => {
             match obj.get("value") {
                 Some(Value::Number(n)) if n.as_i64().is_some_and(|x| x <= 1_000_000_000) => {}
