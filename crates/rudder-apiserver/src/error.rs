@@ -111,6 +111,10 @@ pub enum ApiError {
     #[error("Operation cannot be fulfilled on {} {:?}: {}", .0.qualified, .0.name, .1)]
     Conflict(Target, String),
 
+    /// 409 for a server-side apply that conflicts with other managers.
+    #[error("{1}")]
+    ApplyConflict(Target, String, Vec<FieldCause>),
+
     #[error("{} {:?} is invalid: {}", .0.kind, .0.target.name, join_causes(&.0.causes))]
     Invalid(Box<Invalid>),
 
@@ -201,7 +205,9 @@ impl ApiError {
         match self {
             ApiError::NotFoundPath | ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
-            ApiError::Conflict(..) => (StatusCode::CONFLICT, "Conflict"),
+            ApiError::Conflict(..) | ApiError::ApplyConflict(..) => {
+                (StatusCode::CONFLICT, "Conflict")
+            }
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
@@ -225,6 +231,14 @@ impl ApiError {
         let details = match self {
             ApiError::NotFound(t) | ApiError::AlreadyExists(t) | ApiError::Conflict(t, _) => {
                 target_details(t)
+            }
+            ApiError::ApplyConflict(target, _, causes) => {
+                let mut details = target_details(target);
+                details["causes"] = causes
+                    .iter()
+                    .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                    .collect();
+                details
             }
             ApiError::Invalid(invalid) => {
                 let mut details = target_details(&invalid.target);

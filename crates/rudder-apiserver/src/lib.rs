@@ -9,6 +9,7 @@ mod defaults;
 mod discovery;
 mod error;
 mod health;
+mod managed_fields;
 mod object;
 mod openapi;
 mod patch;

@@ -485,6 +485,11 @@ impl OpenApi {
         report
     }
 
+    /// Follows `$ref`s to the schema they name.
+    pub(crate) fn resolve_schema<'a>(&'a self, schema: &'a Value) -> &'a Value {
+        self.resolve(schema).0
+    }
+
     fn resolve<'a>(&'a self, schema: &'a Value) -> (&'a Value, Option<&'a str>) {
         let mut current = schema;
         let mut name = None;

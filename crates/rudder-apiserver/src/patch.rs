@@ -12,6 +12,8 @@ pub enum PatchKind {
     Json,
     Merge,
     Strategic,
+    /// Server-side apply.
+    Apply,
 }
 
 impl PatchKind {
@@ -28,9 +30,7 @@ impl PatchKind {
             "application/json-patch+json" => Ok(PatchKind::Json),
             "application/merge-patch+json" => Ok(PatchKind::Merge),
             "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => Err(ApiError::UnsupportedMediaType(
-                "server-side apply is not supported by this server yet; use client-side apply (kubectl apply without --server-side)".into(),
-            )),
+            "application/apply-patch+yaml" => Ok(PatchKind::Apply),
             other => Err(ApiError::UnsupportedMediaType(format!(
                 "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?})"
             ))),
@@ -75,6 +75,9 @@ pub fn apply(
             rudder_apimachinery::strategic_merge::json_merge_patch(&mut doc, &patch);
             Ok(doc)
         }
+        PatchKind::Apply => Err(ApiError::Internal(
+            "apply patches are handled by server-side apply".into(),
+        )),
         PatchKind::Strategic => {
             if !patch.is_object() {
                 return Err(ApiError::BadRequest(
@@ -87,4 +90,23 @@ pub fn apply(
                 .map_err(|e| ApiError::BadRequest(format!("invalid strategic merge patch: {e}")))
         }
     }
+}
+
+/// An apply configuration: JSON, or YAML (which `application/apply-patch+yaml`
+/// allows).
+pub fn parse_apply_body(body: &[u8]) -> Result<Value, ApiError> {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(_) => serde_yaml::from_slice(body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the apply configuration is neither JSON nor YAML: {e}"
+            ))
+        })?,
+    };
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(
+            "the apply configuration must be an object".into(),
+        ));
+    }
+    Ok(value)
 }

@@ -109,6 +109,13 @@ impl ApiServer {
         body: bytes::Bytes,
     ) -> ApiResult {
         let sub = path.subresource.clone();
+        let manager = crate::managed_fields::manager_name(
+            query.get("fieldManager"),
+            headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let manager = manager.as_str();
         match (&method, path.name.is_some(), sub.as_deref()) {
             (&Method::GET, false, None) if query.flag("watch") => {
                 self.watch(path, query, &headers).await
@@ -116,15 +123,20 @@ impl ApiServer {
             (&Method::GET, false, None) => self.list(path, query, &headers).await,
             (&Method::GET, true, None | Some("status")) => self.get(path, query, &headers).await,
             (&Method::GET, true, Some("scale")) => self.get_scale(path).await,
-            (&Method::POST, false, None) => self.create(path, query, &body).await,
+            (&Method::POST, false, None) => self.create(path, query, &body, manager).await,
             (&Method::POST, true, Some("binding")) => self.bind(path, query, &body).await,
-            (&Method::PUT, true, None | Some("status")) => self.update(path, query, &body).await,
-            (&Method::PUT, true, Some("scale")) => self.update_scale(path, query, &body).await,
+            (&Method::PUT, true, None | Some("status")) => {
+                self.update(path, query, &body, manager).await
+            }
+            (&Method::PUT, true, Some("scale")) => {
+                self.update_scale(path, query, &body, manager).await
+            }
             (&Method::PATCH, true, None | Some("status")) => {
-                self.patch(path, query, &headers, &body).await
+                self.patch(path, query, &headers, &body, manager).await
             }
             (&Method::PATCH, true, Some("scale")) => {
-                self.patch_scale(path, query, &headers, &body).await
+                self.patch_scale(path, query, &headers, &body, manager)
+                    .await
             }
             (&Method::DELETE, true, None) => self.delete(path, query, &body).await,
             (&Method::DELETE, false, None) => self.delete_collection(path, query, &body).await,
@@ -312,11 +324,33 @@ impl ApiServer {
         ))
     }
 
-    async fn create(&self, path: ResourcePath, query: Query, body: &[u8]) -> ApiResult {
-        let info = &path.info;
+    async fn create(
+        &self,
+        path: ResourcePath,
+        query: Query,
+        body: &[u8],
+        manager: &str,
+    ) -> ApiResult {
         let mut obj = parse_object(body)?;
-        check_type_meta(info, &mut obj)?;
-        let warnings = self.check_schema(info, &mut obj, &query)?;
+        check_type_meta(&path.info, &mut obj)?;
+        let warnings = self.check_schema(&path.info, &mut obj, &query)?;
+        let obj = self
+            .create_object(&path, &query, obj, Some(manager))
+            .await?;
+        Ok(json_response_warning(StatusCode::CREATED, &obj, &warnings))
+    }
+
+    /// Creates a checked object: namespace, name, defaults, validation,
+    /// server-set metadata, field ownership (unless `manager` is `None`,
+    /// when the caller set it), then the store.
+    async fn create_object(
+        &self,
+        path: &ResourcePath,
+        query: &Query,
+        mut obj: Value,
+        manager: Option<&str>,
+    ) -> ApiResult<Value> {
+        let info = &path.info;
         if info.namespaced {
             let Some(ns) = path.namespace.as_deref() else {
                 return Err(ApiError::MethodNotAllowed(format!(
@@ -366,6 +400,16 @@ impl ApiServer {
         ] {
             meta.remove(server_set);
         }
+        if let Some(manager) = manager {
+            crate::managed_fields::record_update(
+                &self.openapi(),
+                info,
+                None,
+                &mut obj,
+                manager,
+                None,
+            );
+        }
         if query.dry_run()? {
             if self
                 .store()
@@ -378,7 +422,7 @@ impl ApiServer {
                     info, &name,
                 )));
             }
-            return Ok(json_response_warning(StatusCode::CREATED, &obj, &warnings));
+            return Ok(obj);
         }
         let key = info.key(path.namespace.as_deref(), &name);
         let rev = self
@@ -387,7 +431,7 @@ impl ApiServer {
             .await
             .map_err(|e| ApiError::from_store(e, info, &name))?;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(rev.to_string()));
-        Ok(json_response_warning(StatusCode::CREATED, &obj, &warnings))
+        Ok(obj)
     }
 
     /// New objects may go only into namespaces that exist and are not
@@ -408,7 +452,13 @@ impl ApiServer {
         Ok(())
     }
 
-    async fn update(&self, path: ResourcePath, query: Query, body: &[u8]) -> ApiResult {
+    async fn update(
+        &self,
+        path: ResourcePath,
+        query: Query,
+        body: &[u8],
+        manager: &str,
+    ) -> ApiResult {
         let info = path.info.clone();
         let name = path.name.clone().unwrap_or_default();
         let mut new = parse_object(body)?;
@@ -448,6 +498,7 @@ impl ApiServer {
                 new,
                 status_only,
                 query.dry_run()?,
+                Some(manager),
             )
             .await?;
         Ok(json_response_warning(StatusCode::OK, &updated, &warnings))
@@ -466,6 +517,7 @@ impl ApiServer {
         new: Value,
         status_only: bool,
         dry_run: bool,
+        manager: Option<&str>,
     ) -> ApiResult<Value> {
         let name = object::name(&current).to_owned();
         let mut new = new;
@@ -538,6 +590,16 @@ impl ApiServer {
                 + 1;
             meta_mut(&mut new).insert("generation".into(), json!(generation));
         }
+        if let Some(manager) = manager {
+            crate::managed_fields::record_update(
+                &self.openapi(),
+                info,
+                Some(&current),
+                &mut new,
+                manager,
+                path.subresource.as_deref(),
+            );
+        }
         let mut current_cmp = current.clone();
         meta_mut(&mut current_cmp).remove("resourceVersion");
         if new == current_cmp {
@@ -574,10 +636,14 @@ impl ApiServer {
         query: Query,
         headers: &HeaderMap,
         body: &[u8],
+        manager: &str,
     ) -> ApiResult {
         let info = path.info.clone();
         let name = path.name.clone().unwrap_or_default();
         let kind = crate::patch::PatchKind::from_headers(headers)?;
+        if kind == crate::patch::PatchKind::Apply {
+            return self.apply_patch(path, query, body).await;
+        }
         let dry_run = query.dry_run()?;
         let status_only = path.subresource.as_deref() == Some("status");
         // Retry on a lost compare-and-swap unless the patch itself names
@@ -601,12 +667,102 @@ impl ApiServer {
                 return Err(ApiError::modified(&info, &name));
             }
             match self
-                .write_update(&info, &path, current, rev, patched, status_only, dry_run)
+                .write_update(
+                    &info,
+                    &path,
+                    current,
+                    rev,
+                    patched,
+                    status_only,
+                    dry_run,
+                    Some(manager),
+                )
                 .await
             {
                 Err(ApiError::Conflict(..)) => continue,
                 Ok(obj) => return Ok(json_response_warning(StatusCode::OK, &obj, &warnings)),
                 Err(err) => return Err(err),
+            }
+        }
+        Err(ApiError::modified(&info, &name))
+    }
+
+    /// Server-side apply: `PATCH` with `application/apply-patch+yaml`.
+    async fn apply_patch(&self, path: ResourcePath, query: Query, body: &[u8]) -> ApiResult {
+        let info = path.info.clone();
+        let name = path.name.clone().unwrap_or_default();
+        let Some(manager) = query.get("fieldManager").map(str::to_owned) else {
+            return Err(ApiError::invalid(
+                &info,
+                &name,
+                vec![FieldCause::required(
+                    "fieldManager",
+                    "is required for apply requests",
+                )],
+            ));
+        };
+        let force = query.flag("force");
+        let mut config = crate::patch::parse_apply_body(body)?;
+        check_type_meta(&info, &mut config)?;
+        match meta_str(&config, "name") {
+            Some(n) if n != name => {
+                return Err(ApiError::BadRequest(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )))
+            }
+            _ => {
+                meta_mut(&mut config).insert("name".into(), json!(name));
+            }
+        }
+        let warnings = self.check_schema(&info, &mut config, &query)?;
+        let dry_run = query.dry_run()?;
+        let subresource = path.subresource.as_deref();
+        for _ in 0..16 {
+            let live = match self
+                .read_object(&info, path.namespace.as_deref(), &name)
+                .await
+            {
+                Ok(found) => Some(found),
+                Err(ApiError::NotFound(_)) if subresource.is_none() => None,
+                Err(err) => return Err(err),
+            };
+            let openapi = self.openapi();
+            match live {
+                None => {
+                    let obj = crate::managed_fields::apply(
+                        &openapi, &info, None, &config, &manager, force, None,
+                    )?;
+                    match self.create_object(&path, &query, obj, None).await {
+                        Ok(obj) => {
+                            return Ok(json_response_warning(StatusCode::CREATED, &obj, &warnings))
+                        }
+                        // Created meanwhile: apply onto it.
+                        Err(ApiError::AlreadyExists(_)) => continue,
+                        Err(err) => return Err(err),
+                    }
+                }
+                Some((current, rev)) => {
+                    let new = crate::managed_fields::apply(
+                        &openapi,
+                        &info,
+                        Some(&current),
+                        &config,
+                        &manager,
+                        force,
+                        subresource,
+                    )?;
+                    let status_only = subresource == Some("status");
+                    match self
+                        .write_update(&info, &path, current, rev, new, status_only, dry_run, None)
+                        .await
+                    {
+                        Err(ApiError::Conflict(..)) => continue,
+                        Ok(obj) => {
+                            return Ok(json_response_warning(StatusCode::OK, &obj, &warnings))
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
             }
         }
         Err(ApiError::modified(&info, &name))
@@ -801,9 +957,15 @@ impl ApiServer {
         ))
     }
 
-    async fn update_scale(&self, path: ResourcePath, query: Query, body: &[u8]) -> ApiResult {
+    async fn update_scale(
+        &self,
+        path: ResourcePath,
+        query: Query,
+        body: &[u8],
+        manager: &str,
+    ) -> ApiResult {
         let scale = parse_object(body)?;
-        self.write_scale(path, query, move |_| Ok(scale.clone()))
+        self.write_scale(path, query, manager, move |_| Ok(scale.clone()))
             .await
     }
 
@@ -813,11 +975,18 @@ impl ApiServer {
         query: Query,
         headers: &HeaderMap,
         body: &[u8],
+        manager: &str,
     ) -> ApiResult {
         let kind = crate::patch::PatchKind::from_headers(headers)?;
+        if kind == crate::patch::PatchKind::Apply {
+            return Err(ApiError::UnsupportedMediaType(
+                "server-side apply to the scale subresource is not supported; use kubectl scale"
+                    .into(),
+            ));
+        }
         let info = path.info.clone();
         let body = body.to_vec();
-        self.write_scale(path, query, move |current_scale| {
+        self.write_scale(path, query, manager, move |current_scale| {
             crate::patch::apply(kind, &info, current_scale, &body)
         })
         .await
@@ -828,6 +997,7 @@ impl ApiServer {
         &self,
         path: ResourcePath,
         query: Query,
+        manager: &str,
         new_scale: impl Fn(&Value) -> ApiResult<Value>,
     ) -> ApiResult {
         let info = path.info.clone();
@@ -846,7 +1016,16 @@ impl ApiServer {
             let mut new = current.clone();
             new["spec"]["replicas"] = json!(replicas);
             match self
-                .write_update(&info, &path, current, rev, new, false, query.dry_run()?)
+                .write_update(
+                    &info,
+                    &path,
+                    current,
+                    rev,
+                    new,
+                    false,
+                    query.dry_run()?,
+                    Some(manager),
+                )
                 .await
             {
                 Ok(obj) => {
