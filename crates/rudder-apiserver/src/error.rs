@@ -94,6 +94,14 @@ pub struct Invalid {
     pub causes: Vec<FieldCause>,
 }
 
+/// The details of a server-side apply conflict.
+#[derive(Debug)]
+pub struct ApplyConflict {
+    pub target: Target,
+    pub message: String,
+    pub causes: Vec<FieldCause>,
+}
+
 /// Every way a request can fail. Each variant maps to exactly one HTTP code
 /// and `metav1.Status` reason, with the message Kubernetes gives.
 #[derive(Debug, thiserror::Error)]
@@ -112,8 +120,8 @@ pub enum ApiError {
     Conflict(Target, String),
 
     /// 409 for a server-side apply that conflicts with other managers.
-    #[error("{1}")]
-    ApplyConflict(Target, String, Vec<FieldCause>),
+    #[error("{}", .0.message)]
+    ApplyConflict(Box<ApplyConflict>),
 
     #[error("{} {:?} is invalid: {}", .0.kind, .0.target.name, join_causes(&.0.causes))]
     Invalid(Box<Invalid>),
@@ -232,9 +240,10 @@ impl ApiError {
             ApiError::NotFound(t) | ApiError::AlreadyExists(t) | ApiError::Conflict(t, _) => {
                 target_details(t)
             }
-            ApiError::ApplyConflict(target, _, causes) => {
-                let mut details = target_details(target);
-                details["causes"] = causes
+            ApiError::ApplyConflict(conflict) => {
+                let mut details = target_details(&conflict.target);
+                details["causes"] = conflict
+                    .causes
                     .iter()
                     .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
                     .collect();

@@ -633,7 +633,11 @@ fn conflict_error(
             summary.join("\n")
         )
     };
-    ApiError::ApplyConflict(Target::new(info, name), message, causes)
+    ApiError::ApplyConflict(Box::new(crate::error::ApplyConflict {
+        target: Target::new(info, name),
+        message,
+        causes,
+    }))
 }
 
 #[cfg(test)]
