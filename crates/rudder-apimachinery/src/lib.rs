@@ -5,6 +5,7 @@
 //! - [`strategic_merge`]: JSON merge patch and strategic merge patch.
 //! - [`quantity`]: resource quantities.
 
+pub mod protobuf;
 pub mod quantity;
 pub mod selector;
 pub mod strategic_merge;

@@ -140,7 +140,24 @@ async fn dispatch(State(server): State<ApiServer>, request: Request<Body>) -> Re
             return Err(ApiError::NotFoundPath);
         };
         let query = request::Query::parse(parts.uri.query())?;
-        let body = rest::read_body(body).await?;
+        let mut body = rest::read_body(body).await?;
+        let content_type = parts
+            .headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if rudder_apimachinery::protobuf::is_protobuf_content_type(content_type) {
+            // kubectl's typed clients send built-in objects as protobuf;
+            // everything past this point works on JSON.
+            let object = rudder_apimachinery::protobuf::decode(&body).map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "the protobuf request body could not be decoded: {e}"
+                ))
+            })?;
+            body = serde_json::to_vec(&object)
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .into();
+        }
         server
             .handle_resource(
                 parts.method.clone(),
