@@ -96,9 +96,13 @@ impl Query {
             .filter(|v| !v.is_empty())
     }
 
+    /// A boolean parameter, read as Go's `strconv.ParseBool` reads it
+    /// (clients send `true`, `True`, `1`); a bare `?watch` counts as true.
     pub fn flag(&self, key: &str) -> bool {
-        matches!(self.0.get(key).map(String::as_str), Some("true" | "1" | ""))
-            && self.0.contains_key(key)
+        matches!(
+            self.0.get(key).map(String::as_str),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True" | "")
+        )
     }
 
     pub fn dry_run(&self) -> Result<bool, ApiError> {
@@ -198,6 +202,8 @@ mod tests {
         let q = Query::parse(Some("labelSelector=app%3Dweb%2Ctier+in+(a)&watch=true&x")).unwrap();
         assert_eq!(q.get("labelSelector"), Some("app=web,tier in (a)"));
         assert!(q.flag("watch"));
+        assert!(Query::parse(Some("watch=True")).unwrap().flag("watch"));
+        assert!(!Query::parse(Some("watch=false")).unwrap().flag("watch"));
         assert!(q.flag("x"));
         assert!(!q.flag("y"));
         assert!(Query::parse(Some("a=%zz")).is_err());
