@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test of the project. Installs what the tests need when it is
 # missing, so a fresh machine (and CI) passes too:
-#   - etcd (Debian's etcd-server): the etcd backend's conformance and fault tests
+#   - etcd (Debian's etcd-server, etcd-client): the etcd backend's tests, and
+#     the API scenario on etcd in .ci/run
 #   - protoc (Debian's protobuf-compiler): building the etcd client
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 if ((${#missing[@]})); then
   echo "test.sh: installing ${missing[*]}" >&2

@@ -830,6 +830,36 @@ impl ApiServer {
                     Err(e) => return Err(ApiError::from_store(e, info, name)),
                 }
             }
+            if let Some(grace) = graceful_pod_deletion(info, &obj, options) {
+                // A pod on a node stops gracefully: its node agent kills the
+                // containers within the grace period and then deletes it
+                // for good (with a grace period of 0).
+                let current = meta(&obj)
+                    .get("deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64);
+                if current.is_some_and(|c| c <= grace) {
+                    return Ok((obj, StatusCode::OK));
+                }
+                let deadline =
+                    std::time::SystemTime::now() + std::time::Duration::from_secs(grace as u64);
+                meta_mut(&mut obj).insert(
+                    "deletionTimestamp".into(),
+                    json!(object::format_rfc3339(deadline)),
+                );
+                meta_mut(&mut obj).insert("deletionGracePeriodSeconds".into(), json!(grace));
+                if options.dry_run {
+                    return Ok((obj, StatusCode::OK));
+                }
+                match self.store().update(&key, encode(&obj)?, rev).await {
+                    Ok(new_rev) => {
+                        meta_mut(&mut obj)
+                            .insert("resourceVersion".into(), json!(new_rev.to_string()));
+                        return Ok((obj, StatusCode::OK));
+                    }
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(ApiError::from_store(e, info, name)),
+                }
+            }
             if !object::finalizers(&obj).is_empty() {
                 if meta(&obj).contains_key("deletionTimestamp") {
                     return Ok((obj, StatusCode::ACCEPTED));
@@ -1128,10 +1158,40 @@ fn check_type_meta(info: &ResourceInfo, obj: &mut Value) -> ApiResult<()> {
     Ok(())
 }
 
+/// The grace period a delete gives a pod, when it is graceful: the pod is
+/// bound to a node, not finished, and the request does not force it.
+fn graceful_pod_deletion(info: &ResourceInfo, pod: &Value, options: &DeleteOptions) -> Option<i64> {
+    if !(info.group.is_empty() && info.plural == "pods") {
+        return None;
+    }
+    let bound = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    if !bound || finished {
+        return None;
+    }
+    let grace = options
+        .grace_period_seconds
+        .or_else(|| {
+            pod.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(30);
+    // A negative grace period means "the minimum": one second.
+    let grace = if grace < 0 { 1 } else { grace };
+    (grace > 0).then_some(grace)
+}
+
 /// `metav1.DeleteOptions`, from the body or the query.
 #[derive(Clone, Debug, Default)]
 pub struct DeleteOptions {
     pub dry_run: bool,
+    pub grace_period_seconds: Option<i64>,
     pub precondition_uid: Option<String>,
     pub precondition_rv: Option<String>,
     pub propagation_policy: Option<String>,
@@ -1139,8 +1199,16 @@ pub struct DeleteOptions {
 
 impl DeleteOptions {
     fn parse(query: &Query, body: &[u8]) -> ApiResult<Self> {
+        let grace =
+            match query.get("gracePeriodSeconds") {
+                Some(g) => Some(g.parse::<i64>().map_err(|_| {
+                    ApiError::BadRequest(format!("invalid gracePeriodSeconds {g:?}"))
+                })?),
+                None => None,
+            };
         let mut options = DeleteOptions {
             dry_run: query.dry_run()?,
+            grace_period_seconds: grace,
             propagation_policy: query.get("propagationPolicy").map(str::to_owned),
             ..Default::default()
         };
@@ -1161,6 +1229,9 @@ impl DeleteOptions {
                 .pointer("/preconditions/resourceVersion")
                 .and_then(Value::as_str)
                 .map(str::to_owned);
+            if let Some(grace) = body.get("gracePeriodSeconds").and_then(Value::as_i64) {
+                options.grace_period_seconds = Some(grace);
+            }
             if let Some(policy) = body.get("propagationPolicy").and_then(Value::as_str) {
                 options.propagation_policy = Some(policy.to_owned());
             }

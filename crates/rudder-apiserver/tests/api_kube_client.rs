@@ -364,3 +364,53 @@ async fn deployments_are_defaulted_scaled_and_applied_server_side() {
         err.message
     );
 }
+
+#[tokio::test]
+async fn bound_pods_are_deleted_gracefully() {
+    use k8s_openapi::api::core::v1::Pod;
+    let server = sqlite_server().await;
+    let pods: Api<Pod> = Api::namespaced(server.client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}], "terminationGracePeriodSeconds": 20}
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+    assert_eq!(created.status.unwrap().phase.as_deref(), Some("Pending"));
+
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "n1"}});
+    pods.create_subresource::<serde_json::Value, serde_json::Value>(
+        "binding",
+        "p",
+        &PostParams::default(),
+        &binding,
+    )
+    .await
+    .unwrap();
+    let bound = pods.get("p").await.unwrap();
+    assert_eq!(
+        bound.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("n1")
+    );
+    let err = api_error(
+        pods.create_subresource::<serde_json::Value, serde_json::Value>(
+            "binding",
+            "p",
+            &PostParams::default(),
+            &binding,
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(err.code, 409, "a pod is bound once");
+
+    pods.delete("p", &DeleteParams::default()).await.unwrap();
+    let terminating = pods.get("p").await.unwrap();
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(20));
+
+    pods.delete("p", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    assert_eq!(api_error(pods.get("p").await.unwrap_err()).code, 404);
+}

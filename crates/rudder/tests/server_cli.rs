@@ -115,3 +115,141 @@ fn server_refuses_an_unusable_store_naming_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("state.db"), "{stderr}");
 }
+
+/// A plain HTTP/1.1 request with a JSON body; returns the status code and
+/// the body.
+fn send(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let _ = write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap_or_default();
+    let code = response
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[test]
+fn kill_9_during_a_burst_of_writes_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut child = start(dir.path(), addr);
+    wait_for_kubeconfig(dir.path());
+
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    let name = format!("burst-{w}-{i}");
+                    let body = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}},"data":{{"i":"{i}"}}}}"#);
+                    let (code, _) = send(addr, "POST", "/api/v1/namespaces/default/configmaps", &body);
+                    if code == 201 {
+                        acknowledged.lock().unwrap().push(name);
+                    } else if code == 0 {
+                        return; // the server is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    while acknowledged.lock().unwrap().len() < 500 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL while the writers are still going
+    child.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.join().unwrap();
+    }
+
+    std::fs::remove_file(dir.path().join("kubeconfig.yaml")).unwrap();
+    let mut child = start(dir.path(), addr);
+    wait_for_kubeconfig(dir.path());
+    let (code, body) = get(addr, "/api/v1/namespaces/default/configmaps");
+    assert_eq!(code, 200);
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let present: std::collections::HashSet<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|item| item["metadata"]["name"].as_str())
+        .collect();
+    let acknowledged = acknowledged.lock().unwrap();
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|n| !present.contains(n.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost: {:?}",
+        lost.len(),
+        acknowledged.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(terminate(&mut child).success());
+}
+
+#[test]
+fn bad_input_is_refused_with_a_status_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut child = start(dir.path(), addr);
+    wait_for_kubeconfig(dir.path());
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let (code, body) = send(
+        addr,
+        "POST",
+        cms,
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"broken""#,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains(r#""reason":"BadRequest""#), "{body}");
+    let huge = format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"huge"}},"data":{{"x":"{}"}}}}"#,
+        "a".repeat(4 << 20)
+    );
+    let (code, body) = send(addr, "POST", cms, &huge);
+    assert_eq!(code, 413, "{body}");
+    let (code, body) = send(
+        addr,
+        "POST",
+        cms,
+        r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"x"}}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = send(
+        addr,
+        "POST",
+        cms,
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"},"data":{"k":5}}"#,
+    );
+    assert_eq!(code, 400, "a number where a string belongs: {body}");
+    let (code, body) = send(addr, "GET", "/api/v1/namespaces/default/nosuchthings", "");
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = get(addr, cms);
+    assert_eq!(code, 200);
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        0,
+        "nothing was stored: {body}"
+    );
+    assert!(terminate(&mut child).success());
+}
