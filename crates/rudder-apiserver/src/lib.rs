@@ -4,6 +4,7 @@
 //! as a `metav1.Status` built in one place, [`ApiError`].
 
 mod bootstrap;
+mod cache;
 mod crd;
 mod defaults;
 mod discovery;
@@ -52,6 +53,7 @@ struct Inner {
     openapi: std::sync::RwLock<Arc<openapi::OpenApi>>,
     /// The resources CRDs serve now.
     custom: std::sync::Mutex<crd::CustomSet>,
+    caches: cache::WatchCaches,
 }
 
 impl ApiServer {
@@ -67,6 +69,7 @@ impl ApiServer {
                 advertise_address,
                 openapi: std::sync::RwLock::new(Arc::new(openapi)),
                 custom: std::sync::Mutex::new(Default::default()),
+                caches: cache::WatchCaches::default(),
             }),
         }
     }
@@ -85,6 +88,10 @@ impl ApiServer {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    pub(crate) fn caches(&self) -> &cache::WatchCaches {
+        &self.inner.caches
     }
 
     pub(crate) fn advertise_address(&self) -> &str {

@@ -244,6 +244,20 @@ impl ApiServer {
             }
         }
 
+        // `resourceVersion=0` means "any version": informers list that way,
+        // and the watch cache answers without touching the store (as
+        // kube-apiserver, it ignores `limit` then).
+        if query.get("resourceVersion") == Some("0") && query.get("continue").is_none() {
+            let cache = self.caches().get(self.store(), &path.info.key_prefix());
+            let (objects, revision) = cache.snapshot(&prefix).await;
+            let items: Vec<Value> = objects
+                .iter()
+                .filter(|o| selection.matches(o))
+                .map(|o| (**o).clone())
+                .collect();
+            return Ok(self.render_list(&path.info, items, revision, None, None, headers));
+        }
+
         // Page through the store until `limit` objects match the selectors.
         let mut items = Vec::new();
         let mut next_start = None;
@@ -295,16 +309,36 @@ impl ApiServer {
         }
         let revision = revision.unwrap_or_default();
         let continue_token = next_start.map(|key| encode_continue(revision, &key));
+        Ok(self.render_list(
+            &path.info,
+            items,
+            revision,
+            continue_token,
+            remaining,
+            headers,
+        ))
+    }
+
+    /// A list answer: the kind's List, or a Table when the client asks.
+    fn render_list(
+        &self,
+        info: &ResourceInfo,
+        items: Vec<Value>,
+        revision: Revision,
+        continue_token: Option<String>,
+        remaining: Option<i64>,
+        headers: &HeaderMap,
+    ) -> Response {
         if crate::table::wants_table(headers) {
-            return Ok(json_response(
+            return json_response(
                 StatusCode::OK,
                 &crate::table::table(
-                    &path.info,
+                    info,
                     &items,
                     &revision.to_string(),
                     continue_token.as_deref(),
                 ),
-            ));
+            );
         }
         let mut metadata = json!({"resourceVersion": revision.to_string()});
         if let Some(token) = continue_token {
@@ -313,15 +347,15 @@ impl ApiServer {
                 metadata["remainingItemCount"] = json!(remaining);
             }
         }
-        Ok(json_response(
+        json_response(
             StatusCode::OK,
             &json!({
-                "kind": format!("{}List", path.info.kind),
-                "apiVersion": path.info.api_version(),
+                "kind": format!("{}List", info.kind),
+                "apiVersion": info.api_version(),
                 "metadata": metadata,
                 "items": items,
             }),
-        ))
+        )
     }
 
     async fn create(

@@ -6,9 +6,11 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use rudder_store::{EventKind, RangeRequest, Revision, StoreError, WatchMessage};
+use rudder_store::{EventKind, Revision, StoreError, WatchMessage};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::cache::{CacheMessage, CachedEvent};
 
 use crate::error::ApiError;
 use crate::registry::ResourceInfo;
@@ -142,36 +144,108 @@ impl ApiServer {
             line.push(b'\n');
             tx.send(Ok(bytes::Bytes::from(line))).await.is_ok()
         };
-        let after = match req.start {
-            Start::After(rev) => rev,
+        let cache = self.caches().get(self.store(), &req.info.key_prefix());
+        let (subscription, mut last, bookmark_at_end) = match req.start {
             Start::InitialState { bookmark_at_end } => {
-                let page = match self
-                    .store()
-                    .range(RangeRequest::prefix(req.prefix.clone()))
-                    .await
-                {
-                    Ok(page) => page,
-                    Err(err) => {
-                        send(error_event(ApiError::from(err))).await;
-                        return;
-                    }
-                };
-                for kv in &page.kvs {
-                    let Ok(obj) = decode(kv) else { continue };
-                    if req.selection.matches(&obj) && !send(req.event("ADDED", obj)).await {
-                        return;
-                    }
-                }
-                if bookmark_at_end {
-                    let mut bookmark = req.bookmark(page.revision);
-                    bookmark["object"]["metadata"]["annotations"] =
-                        json!({"k8s.io/initial-events-end": "true"});
-                    if !send(bookmark).await {
-                        return;
-                    }
-                }
-                page.revision
+                let sub = cache.subscribe_with_state(&req.prefix).await;
+                let revision = sub.revision;
+                (sub, revision, bookmark_at_end)
             }
+            Start::After(rev) => match cache.subscribe_after(rev).await {
+                Some(sub) => (sub, rev, false),
+                // Older than the cache's window: replay from the store's
+                // history, which answers 410 once that is compacted too.
+                None => return self.run_store_watch(req, tx, rev).await,
+            },
+        };
+        let mut rx = subscription.rx;
+        for event in &subscription.backlog {
+            if !event.key.starts_with(&req.prefix) {
+                continue;
+            }
+            let initial = matches!(req.start, Start::InitialState { .. });
+            let translated = if initial {
+                if req.selection.matches(&event.object) {
+                    vec![("ADDED", (*event.object).clone())]
+                } else {
+                    vec![]
+                }
+            } else {
+                if event.revision <= last {
+                    continue;
+                }
+                req.translate_cached(event)
+            };
+            for (kind, obj) in translated {
+                if !send(req.event(kind, obj)).await {
+                    return;
+                }
+            }
+        }
+        last = last.max(subscription.revision);
+        if bookmark_at_end {
+            let mut bookmark = req.bookmark(last);
+            bookmark["object"]["metadata"]["annotations"] =
+                json!({"k8s.io/initial-events-end": "true"});
+            if !send(bookmark).await {
+                return;
+            }
+        }
+        loop {
+            match rx.recv().await {
+                Ok(CacheMessage::Event(event)) => {
+                    if event.revision <= last {
+                        continue;
+                    }
+                    last = event.revision;
+                    if !event.key.starts_with(&req.prefix) {
+                        continue;
+                    }
+                    for (kind, obj) in req.translate_cached(&event) {
+                        if !send(req.event(kind, obj)).await {
+                            return;
+                        }
+                    }
+                }
+                Ok(CacheMessage::Progress(revision)) => {
+                    last = last.max(revision);
+                    if req.bookmarks && !send(req.bookmark(last)).await {
+                        return;
+                    }
+                }
+                Ok(CacheMessage::Reset) => {
+                    send(error_event(ApiError::Gone(format!(
+                        "too old resource version: {last}"
+                    ))))
+                    .await;
+                    return;
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Kubernetes closes watchers that cannot keep up; the
+                    // client resumes or re-lists.
+                    send(error_event(ApiError::Gone(format!(
+                        "the watch fell behind and was closed; resume from resource version {last}"
+                    ))))
+                    .await;
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// A watch served from the store's history (revisions older than the
+    /// cache holds).
+    async fn run_store_watch(
+        &self,
+        req: &WatchRequest,
+        tx: &mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+        after: Revision,
+    ) {
+        let send = |event: Value| async move {
+            let mut line = serde_json::to_vec(&event).unwrap_or_default();
+            line.push(b'\n');
+            tx.send(Ok(bytes::Bytes::from(line))).await.is_ok()
         };
         let mut stream = match self.store().watch(&req.prefix, after + 1).await {
             Ok(stream) => stream,
@@ -206,6 +280,28 @@ impl ApiServer {
 }
 
 impl WatchRequest {
+    /// The same as [`translate`](Self::translate), for a cached event.
+    fn translate_cached(&self, event: &CachedEvent) -> Vec<(&'static str, Value)> {
+        let prev_matches = event
+            .prev
+            .as_ref()
+            .is_some_and(|p| self.selection.matches(p));
+        if event.deleted {
+            return if prev_matches {
+                vec![("DELETED", (*event.object).clone())]
+            } else {
+                vec![]
+            };
+        }
+        let matches = self.selection.matches(&event.object);
+        match (event.prev.is_some(), prev_matches, matches) {
+            (true, true, true) => vec![("MODIFIED", (*event.object).clone())],
+            (_, false, true) => vec![("ADDED", (*event.object).clone())],
+            (true, true, false) => vec![("DELETED", (*event.object).clone())],
+            _ => vec![],
+        }
+    }
+
     /// A store event as the watch events the client sees (none, one, or
     /// an ADDED/DELETED when a change moves the object into or out of the
     /// selection).

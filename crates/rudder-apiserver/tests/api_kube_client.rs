@@ -414,3 +414,51 @@ async fn bound_pods_are_deleted_gracefully() {
         .unwrap();
     assert_eq!(api_error(pods.get("p").await.unwrap_err()).code, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_watchers_share_the_watch_cache() {
+    let server = sqlite_server().await;
+    let cms: Api<ConfigMap> = Api::namespaced(server.client.clone(), "default");
+    cms.create(&PostParams::default(), &configmap("before", &[], &[]))
+        .await
+        .unwrap();
+
+    // An informer's list: resourceVersion=0, served from the cache.
+    let listed = cms.list(&ListParams::default().match_any()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    let rv = listed.metadata.resource_version.unwrap();
+
+    let mut watchers = Vec::new();
+    for _ in 0..100 {
+        let cms = cms.clone();
+        let rv = rv.clone();
+        watchers.push(tokio::spawn(async move {
+            let stream = cms
+                .watch(&WatchParams::default().timeout(30), &rv)
+                .await
+                .unwrap();
+            stream
+                .take(20)
+                .map_ok(|event| match event {
+                    WatchEvent::Added(cm) => cm.metadata.name.unwrap(),
+                    other => panic!("unexpected {other:?}"),
+                })
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap()
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for i in 0..20 {
+        cms.create(
+            &PostParams::default(),
+            &configmap(&format!("fan-{i:02}"), &[], &[]),
+        )
+        .await
+        .unwrap();
+    }
+    let expected: Vec<String> = (0..20).map(|i| format!("fan-{i:02}")).collect();
+    for watcher in watchers {
+        assert_eq!(watcher.await.unwrap(), expected);
+    }
+}
