@@ -50,15 +50,11 @@ impl ApiServer {
     /// `/openapi/v2`, `/openapi/v3` and `/openapi/v3/<group-version>`.
     pub(crate) fn openapi_document(&self, path: &str) -> Option<Response> {
         let openapi = self.openapi();
-        let body = match path.trim_end_matches('/') {
-            "/openapi/v2" => serde_json::to_vec(&*openapi.v2_document()),
-            "/openapi/v3" => serde_json::to_vec(&openapi.v3_index()),
-            other => {
-                let prefix = other.strip_prefix("/openapi/v3/")?;
-                serde_json::to_vec(&*openapi.v3_document(prefix)?)
-            }
-        }
-        .ok()?;
+        let body: bytes::Bytes = match path.trim_end_matches('/') {
+            "/openapi/v2" => openapi.v2_document(),
+            "/openapi/v3" => serde_json::to_vec(&openapi.v3_index()).ok()?.into(),
+            other => openapi.v3_document(other.strip_prefix("/openapi/v3/")?)?,
+        };
         Some(
             (
                 StatusCode::OK,

@@ -339,9 +339,10 @@ const OPAQUE: &[&str] = &[
 /// The OpenAPI documents and schemas of everything the server serves.
 #[derive(Clone)]
 pub struct OpenApi {
-    /// `api/v1`, `apis/apps/v1`, … → OpenAPI v3 document.
-    v3: BTreeMap<String, Arc<Value>>,
-    v2: Arc<Value>,
+    /// `api/v1`, `apis/apps/v1`, … → OpenAPI v3 document, serialized once
+    /// (the documents are large and only ever sent whole).
+    v3: BTreeMap<String, bytes::Bytes>,
+    v2: bytes::Bytes,
     /// Every definition by name, for server-side checks.
     definitions: Arc<Map<String, Value>>,
     /// (group, version, kind) → definition name.
@@ -420,7 +421,7 @@ impl OpenApi {
             {
                 all_definitions.insert(name.clone(), def.clone());
             }
-            v3.insert(prefix, Arc::new(doc));
+            v3.insert(prefix, serde_json::to_vec(&doc).unwrap_or_default().into());
         }
         let v2_definitions = rewrite_refs(
             &Value::Object(all_definitions.clone()),
@@ -435,7 +436,7 @@ impl OpenApi {
         });
         OpenApi {
             v3,
-            v2: Arc::new(v2),
+            v2: serde_json::to_vec(&v2).unwrap_or_default().into(),
             definitions: Arc::new(all_definitions),
             kinds: Arc::new(kinds),
         }
@@ -457,11 +458,13 @@ impl OpenApi {
         json!({"paths": paths})
     }
 
-    pub fn v3_document(&self, prefix: &str) -> Option<Arc<Value>> {
+    /// A group-version's OpenAPI v3 document, as JSON.
+    pub fn v3_document(&self, prefix: &str) -> Option<bytes::Bytes> {
         self.v3.get(prefix).cloned()
     }
 
-    pub fn v2_document(&self) -> Arc<Value> {
+    /// The OpenAPI v2 document, as JSON.
+    pub fn v2_document(&self) -> bytes::Bytes {
         self.v2.clone()
     }
 
@@ -662,10 +665,10 @@ fn custom_definition_name(group: &str, version: &str, kind: &str) -> String {
 }
 
 /// A short stable hash of a document, so clients can cache it by URL.
-fn content_hash(doc: &Value) -> String {
+fn content_hash(doc: &[u8]) -> String {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    doc.to_string().hash(&mut hasher);
+    doc.hash(&mut hasher);
     format!("{:016X}", hasher.finish())
 }
 
@@ -821,7 +824,8 @@ mod tests {
             .as_str()
             .unwrap()
             .starts_with("/openapi/v3/apis/apps/v1?hash="));
-        let apps = openapi.v3_document("apis/apps/v1").unwrap();
+        let apps: Value =
+            serde_json::from_slice(&openapi.v3_document("apis/apps/v1").unwrap()).unwrap();
         let deployment = &apps["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
         assert_eq!(
             deployment["x-kubernetes-group-version-kind"][0]["kind"],
@@ -838,9 +842,10 @@ mod tests {
             .unwrap()
             .iter()
             .any(|p| p["name"] == "fieldValidation"));
-        let core = openapi.v3_document("api/v1").unwrap();
+        let core: Value = serde_json::from_slice(&openapi.v3_document("api/v1").unwrap()).unwrap();
         assert!(core["paths"]["/api/v1/nodes/{name}"].is_object());
-        assert!(openapi.v2_document()["definitions"]["io.k8s.api.core.v1.Pod"].is_object());
+        let v2: Value = serde_json::from_slice(&openapi.v2_document()).unwrap();
+        assert!(v2["definitions"]["io.k8s.api.core.v1.Pod"].is_object());
     }
 
     #[test]

@@ -259,7 +259,11 @@ impl ApiServer {
         }
 
         // Page through the store until `limit` objects match the selectors.
-        let mut items = Vec::new();
+        // Most lists need only metadata to select objects and no table:
+        // those are encoded straight from the stored bytes, with only
+        // `metadata` parsed, which keeps big lists fast and small in memory.
+        let raw = !crate::table::wants_table(headers) && selection.needs_only_metadata();
+        let mut items = ListItems::default();
         let mut next_start = None;
         let mut remaining = None;
         loop {
@@ -287,9 +291,16 @@ impl ApiServer {
             revision = Some(page.revision);
             let total = page.kvs.len();
             for (i, kv) in page.kvs.iter().enumerate() {
-                let obj = decode(kv)?;
-                if selection.matches(&obj) {
-                    items.push(obj);
+                if raw {
+                    let (bytes, metadata) = encode_list_item(kv)?;
+                    if selection.matches_metadata(metadata) {
+                        items.raw.push(bytes);
+                    }
+                } else {
+                    let obj = decode(kv)?;
+                    if selection.matches(&obj) {
+                        items.decoded.push(obj);
+                    }
                 }
                 if limit > 0 && items.len() == limit {
                     let more_in_page = i + 1 < total;
@@ -309,9 +320,18 @@ impl ApiServer {
         }
         let revision = revision.unwrap_or_default();
         let continue_token = next_start.map(|key| encode_continue(revision, &key));
+        if raw {
+            return Ok(render_raw_list(
+                &path.info,
+                &items.raw,
+                revision,
+                continue_token,
+                remaining,
+            ));
+        }
         Ok(self.render_list(
             &path.info,
-            items,
+            items.decoded,
             revision,
             continue_token,
             remaining,
@@ -1308,6 +1328,114 @@ fn decode_continue(token: &str, prefix: &str) -> ApiResult<(Revision, String)> {
     Ok((rev, start.to_owned()))
 }
 
+/// The objects a list has gathered: as stored bytes (the fast path) or
+/// decoded (when selection or a table needs the whole object).
+#[derive(Default)]
+struct ListItems {
+    raw: Vec<Vec<u8>>,
+    decoded: Vec<Value>,
+}
+
+impl ListItems {
+    fn len(&self) -> usize {
+        self.raw.len() + self.decoded.len()
+    }
+}
+
+/// A stored object as a list item: its top-level fields copied verbatim,
+/// only `metadata` parsed to add `resourceVersion`. Returns the bytes and
+/// the metadata.
+fn encode_list_item(kv: &KeyValue) -> ApiResult<(Vec<u8>, Value)> {
+    let corrupt = |e: serde_json::Error| {
+        ApiError::Internal(format!("stored object {} is not JSON: {e}", kv.key))
+    };
+    let fields: std::collections::BTreeMap<String, &serde_json::value::RawValue> =
+        serde_json::from_slice(&kv.value).map_err(corrupt)?;
+    let mut metadata: Value = match fields.get("metadata") {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(corrupt)?,
+        None => json!({}),
+    };
+    if let Some(m) = metadata.as_object_mut() {
+        m.insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+    }
+    let mut out = Vec::with_capacity(kv.value.len() + 32);
+    out.push(b'{');
+    let mut first = true;
+    let mut wrote_metadata = false;
+    for (key, value) in &fields {
+        if !wrote_metadata && key.as_str() > "metadata" {
+            // Keep the fields in order when the object had no metadata.
+            write_field(&mut out, &mut first, "metadata", &metadata)?;
+            wrote_metadata = true;
+        }
+        if key == "metadata" {
+            write_field(&mut out, &mut first, "metadata", &metadata)?;
+            wrote_metadata = true;
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        serde_json::to_writer(&mut out, key).map_err(|e| ApiError::Internal(e.to_string()))?;
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+    }
+    if !wrote_metadata {
+        write_field(&mut out, &mut first, "metadata", &metadata)?;
+    }
+    out.push(b'}');
+    Ok((out, metadata))
+}
+
+fn write_field(out: &mut Vec<u8>, first: &mut bool, key: &str, value: &Value) -> ApiResult<()> {
+    if !*first {
+        out.push(b',');
+    }
+    *first = false;
+    serde_json::to_writer(&mut *out, key).map_err(|e| ApiError::Internal(e.to_string()))?;
+    out.push(b':');
+    serde_json::to_writer(&mut *out, value).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// A List answer assembled from already-encoded items.
+fn render_raw_list(
+    info: &ResourceInfo,
+    items: &[Vec<u8>],
+    revision: Revision,
+    continue_token: Option<String>,
+    remaining: Option<i64>,
+) -> Response {
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if let Some(token) = continue_token {
+        metadata["continue"] = json!(token);
+        if let Some(remaining) = remaining.filter(|r| *r > 0) {
+            metadata["remainingItemCount"] = json!(remaining);
+        }
+    }
+    let head = json!({
+        "kind": format!("{}List", info.kind),
+        "apiVersion": info.api_version(),
+        "metadata": metadata,
+    });
+    let mut body = serde_json::to_vec(&head).unwrap_or_default();
+    body.pop(); // reopen the object for "items"
+    body.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(b"]}");
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 /// Reads a request body up to the limit; 413 beyond it.
 pub async fn read_body(body: Body) -> ApiResult<bytes::Bytes> {
     axum::body::to_bytes(body, MAX_BODY_BYTES)
@@ -1322,6 +1450,34 @@ pub async fn read_body(body: Body) -> ApiResult<bytes::Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_items_are_the_stored_object_with_its_resource_version() {
+        let stored = json!({"apiVersion": "v1", "data": {"metadata": "x"}, "kind": "ConfigMap",
+                            "metadata": {"name": "c", "labels": {"a": "b"}}, "zzz": [1, 2]});
+        let kv = KeyValue {
+            key: "/configmaps/ns/c".into(),
+            value: serde_json::to_vec(&stored).unwrap(),
+            create_revision: 3,
+            mod_revision: 7,
+            version: 2,
+        };
+        let (bytes, metadata) = encode_list_item(&kv).unwrap();
+        let item: Value = serde_json::from_slice(&bytes).unwrap();
+        let mut expected = stored.clone();
+        expected["metadata"]["resourceVersion"] = json!("7");
+        assert_eq!(item, expected);
+        assert_eq!(metadata["labels"]["a"], "b");
+        assert_eq!(item, decode(&kv).unwrap(), "the same as the decoded form");
+
+        let bare = KeyValue {
+            value: br#"{"kind":"X","spec":{}}"#.to_vec(),
+            ..kv
+        };
+        let (bytes, _) = encode_list_item(&bare).unwrap();
+        let item: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(item["metadata"]["resourceVersion"], "7");
+    }
 
     #[test]
     fn continue_tokens_round_trip_and_stay_in_their_prefix() {

@@ -84,6 +84,24 @@ impl Selection {
             && self.fields.as_ref().is_none_or(FieldSelector::is_empty)
     }
 
+    /// Whether the selectors read nothing but `metadata`.
+    pub fn needs_only_metadata(&self) -> bool {
+        self.fields.as_ref().is_none_or(|f| {
+            f.requirements()
+                .iter()
+                .all(|r| COMMON_FIELDS.contains(&r.field.as_str()))
+        })
+    }
+
+    /// Matches an object known only by its `metadata` (see
+    /// [`needs_only_metadata`](Self::needs_only_metadata)).
+    pub fn matches_metadata(&self, metadata: Value) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        self.matches(&serde_json::json!({ "metadata": metadata }))
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         if let Some(labels) = &self.labels {
             if !labels.matches_object(obj) {

@@ -1,6 +1,7 @@
 //! `rudder-bench`: measures Rudder's components and prints one closing line
 //! of figures per run. Benchmarks print; they never pass or fail on speed.
 
+mod api;
 mod store;
 
 use clap::{Parser, Subcommand};
@@ -16,12 +17,15 @@ struct Cli {
 enum Command {
     /// Writes, reads and watches against a store backend.
     Store(store::StoreArgs),
+    /// Creates, GETs, LISTs and watch fan-out against the API server.
+    Api(api::ApiArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Store(args) => store::run(args).await,
+        Command::Api(args) => api::run(args).await,
     }
 }
 
