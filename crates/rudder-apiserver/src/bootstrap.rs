@@ -40,5 +40,31 @@ pub(crate) async fn run(server: &ApiServer) -> Result<(), ApiError> {
             Err(err) => return Err(err.into()),
         }
     }
+    let classes = server
+        .registry()
+        .get("scheduling.k8s.io", "v1", "priorityclasses")
+        .ok_or_else(|| ApiError::Internal("priorityclasses are not registered".into()))?;
+    for (name, value, description) in crate::admission::SYSTEM_PRIORITY_CLASSES {
+        let key = classes.key(None, name);
+        if server.store().get(&key, None).await?.0.is_some() {
+            continue;
+        }
+        let class = json!({
+            "apiVersion": "scheduling.k8s.io/v1",
+            "kind": "PriorityClass",
+            "metadata": {"name": name, "uid": object::new_uid(), "creationTimestamp": object::now_rfc3339(), "generation": 1},
+            "value": value,
+            "description": description,
+            "preemptionPolicy": "PreemptLowerPriority",
+        });
+        match server
+            .store()
+            .create(&key, serde_json::to_vec(&class).unwrap_or_default())
+            .await
+        {
+            Ok(_) | Err(rudder_store::StoreError::AlreadyExists { .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! (authenticate, authorize, admit, validate, store); every failure leaves
 //! as a `metav1.Status` built in one place, [`ApiError`].
 
+mod admission;
 mod bootstrap;
 mod cache;
 mod crd;

@@ -437,6 +437,7 @@ impl ApiServer {
         if !causes.is_empty() {
             return Err(ApiError::invalid(info, &name, causes));
         }
+        self.admit_create(info, &mut obj).await?;
         crate::defaults::prepare_for_create(info, &mut obj);
         let causes = crate::validation::validate(info, &obj, None);
         if !causes.is_empty() {

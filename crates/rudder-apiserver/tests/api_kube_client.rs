@@ -462,3 +462,70 @@ async fn many_watchers_share_the_watch_cache() {
         assert_eq!(watcher.await.unwrap(), expected);
     }
 }
+
+#[tokio::test]
+async fn pod_priority_comes_from_its_priority_class() {
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::scheduling::v1::PriorityClass;
+    let server = sqlite_server().await;
+    let classes: Api<PriorityClass> = Api::all(server.client.clone());
+    assert_eq!(
+        classes.get("system-node-critical").await.unwrap().value,
+        2_000_001_000
+    );
+    let class: PriorityClass =
+        serde_json::from_value(json!({"metadata": {"name": "high"}, "value": 1000})).unwrap();
+    classes
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+
+    let pods: Api<Pod> = Api::namespaced(server.client.clone(), "default");
+    let pod = |name: &str, class: Option<&str>| -> Pod {
+        let mut spec = json!({"containers": [{"name": "c", "image": "busybox"}]});
+        if let Some(class) = class {
+            spec["priorityClassName"] = json!(class);
+        }
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+    };
+    let high = pods
+        .create(&PostParams::default(), &pod("high", Some("high")))
+        .await
+        .unwrap();
+    assert_eq!(high.spec.unwrap().priority, Some(1000));
+    let plain = pods
+        .create(&PostParams::default(), &pod("plain", None))
+        .await
+        .unwrap();
+    assert_eq!(plain.spec.unwrap().priority, Some(0));
+    let err = api_error(
+        pods.create(&PostParams::default(), &pod("nopc", Some("nope")))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 403);
+    assert!(
+        err.message
+            .contains("no PriorityClass with name nope was found"),
+        "{}",
+        err.message
+    );
+
+    let default: PriorityClass = serde_json::from_value(
+        json!({"metadata": {"name": "everyone"}, "value": 7, "globalDefault": true}),
+    )
+    .unwrap();
+    classes
+        .create(&PostParams::default(), &default)
+        .await
+        .unwrap();
+    let defaulted = pods
+        .create(&PostParams::default(), &pod("defaulted", None))
+        .await
+        .unwrap();
+    let spec = defaulted.spec.unwrap();
+    assert_eq!(
+        (spec.priority, spec.priority_class_name.as_deref()),
+        (Some(7), Some("everyone"))
+    );
+}
