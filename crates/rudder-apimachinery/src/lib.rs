@@ -4,8 +4,10 @@
 //! - [`selector`]: label and field selectors (parsing and matching).
 //! - [`strategic_merge`]: JSON merge patch and strategic merge patch.
 //! - [`quantity`]: resource quantities.
+//! - [`time`]: RFC 3339 timestamps.
 
 pub mod protobuf;
 pub mod quantity;
 pub mod selector;
 pub mod strategic_merge;
+pub mod time;

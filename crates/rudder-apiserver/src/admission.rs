@@ -53,9 +53,11 @@ impl ApiServer {
                 .0
             {
                 Some(kv) => Some(decode(&kv)?),
-                None => return Err(ApiError::Forbidden(format!(
+                None => {
+                    return Err(ApiError::Forbidden(format!(
                     "pods {name:?} is forbidden: no PriorityClass with name {class_name} was found"
-                ))),
+                )))
+                }
             },
             None => {
                 let all = self

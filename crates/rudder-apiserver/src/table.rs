@@ -841,44 +841,7 @@ fn age_or_none(obj: &Value, pointer: &str, now: SystemTime) -> String {
         .unwrap_or_else(|| "<none>".into())
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`.
-pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
-    let b = text.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| text.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut rest = &text[19..];
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        tz if tz.len() == 6 => {
-            let sign = if tz.starts_with('-') { -1 } else { 1 };
-            sign * (tz[1..3].parse::<i64>().ok()? * 3600 + tz[4..6].parse::<i64>().ok()? * 60)
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(y, mo, d);
-    let secs = days * 86_400 + h * 3600 + mi * 60 + s - offset;
-    u64::try_from(secs)
-        .ok()
-        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+pub use rudder_apimachinery::time::parse_rfc3339;
 
 /// A duration as kubectl prints ages: `45s`, `3m20s`, `5h`, `2d3h`, `400d`.
 pub fn human_duration(d: Duration) -> String {
@@ -947,22 +910,6 @@ mod tests {
         assert_eq!(human_duration(Duration::from_secs(30 * 3600)), "30h");
         assert_eq!(human_duration(Duration::from_secs(3 * 86400)), "3d");
         assert_eq!(human_duration(Duration::from_secs(400 * 86400)), "400d");
-    }
-
-    #[test]
-    fn timestamps_parse_back() {
-        let t = crate::object::format_rfc3339(
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_300_000),
-        );
-        assert_eq!(
-            parse_rfc3339(&t),
-            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_300_000))
-        );
-        assert_eq!(
-            parse_rfc3339("1970-01-01T01:00:00.5+01:00"),
-            Some(SystemTime::UNIX_EPOCH)
-        );
-        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The `rudder` binary: wires the components into one program.
 
+mod client;
 mod kubeconfig;
 mod server;
 
@@ -20,6 +21,10 @@ struct Cli {
 enum Command {
     /// Runs the control plane (API server on the embedded store or etcd).
     Server(server::ServerArgs),
+    /// Runs the scheduler on its own against an API server.
+    Scheduler(client::SchedulerArgs),
+    /// Registers simulated nodes and acts as their kubelet (like kwok).
+    Simulate(client::SimulateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +41,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Server(args) => runtime.block_on(server::run(args)),
+        Command::Scheduler(args) => runtime.block_on(client::run_scheduler(args)),
+        Command::Simulate(args) => runtime.block_on(client::run_simulate(args)),
     }
 }

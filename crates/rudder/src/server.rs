@@ -29,6 +29,13 @@ pub struct ServerArgs {
     /// Run only the control plane, no node agent on this machine.
     #[arg(long)]
     disable_agent: bool,
+    /// Do not run the scheduler in this process (run `rudder scheduler`
+    /// elsewhere).
+    #[arg(long)]
+    disable_scheduler: bool,
+    /// The scheduler's KubeSchedulerConfiguration file.
+    #[arg(long)]
+    scheduler_config: Option<PathBuf>,
     /// How often old store revisions are compacted (history is kept for
     /// at least this long, as kube-apiserver's --etcd-compaction-interval).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
@@ -85,12 +92,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     )?;
     tracing::info!(address = %local, kubeconfig = %kubeconfig.display(), "API server ready");
 
+    if !args.disable_scheduler {
+        let config = crate::client::scheduler_config(args.scheduler_config.as_deref())?;
+        let client = crate::client::client_from(Some(&kubeconfig)).await?;
+        tokio::spawn(async move {
+            if let Err(err) = rudder_scheduler::run(client, config).await {
+                tracing::error!(error = %err, "the scheduler stopped");
+            }
+        });
+    }
+
     serving.await.context("the API server task failed")??;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let mut term = match signal(SignalKind::terminate()) {
         Ok(term) => term,
         Err(err) => {

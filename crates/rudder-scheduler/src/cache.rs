@@ -1,0 +1,409 @@
+//! The scheduler's view of the cluster: nodes with the pods on them (bound
+//! or assumed while their binding is in flight) and what they request.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use rudder_apimachinery::quantity::Quantity;
+
+/// Amounts of resources: CPU in millicores, the rest in base units.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub milli_cpu: i64,
+    pub memory: i64,
+    pub ephemeral_storage: i64,
+    pub pods: i64,
+    /// Extended resources (`nvidia.com/gpu`, hugepages, …).
+    pub scalar: BTreeMap<String, i64>,
+}
+
+impl Resources {
+    pub fn add(&mut self, other: &Resources) {
+        self.milli_cpu += other.milli_cpu;
+        self.memory += other.memory;
+        self.ephemeral_storage += other.ephemeral_storage;
+        self.pods += other.pods;
+        for (name, v) in &other.scalar {
+            *self.scalar.entry(name.clone()).or_default() += v;
+        }
+    }
+
+    pub fn sub(&mut self, other: &Resources) {
+        self.milli_cpu -= other.milli_cpu;
+        self.memory -= other.memory;
+        self.ephemeral_storage -= other.ephemeral_storage;
+        self.pods -= other.pods;
+        for (name, v) in &other.scalar {
+            *self.scalar.entry(name.clone()).or_default() -= v;
+        }
+    }
+
+    /// Each resource the larger of the two.
+    fn max_with(&mut self, other: &Resources) {
+        self.milli_cpu = self.milli_cpu.max(other.milli_cpu);
+        self.memory = self.memory.max(other.memory);
+        self.ephemeral_storage = self.ephemeral_storage.max(other.ephemeral_storage);
+        for (name, v) in &other.scalar {
+            let e = self.scalar.entry(name.clone()).or_default();
+            *e = (*e).max(*v);
+        }
+    }
+
+    /// Reads a `ResourceList` (requests, limits, capacity, allocatable).
+    pub fn from_list(
+        list: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+    ) -> Resources {
+        let mut r = Resources::default();
+        for (name, q) in list.into_iter().flatten() {
+            let Some(q) = Quantity::parse(&q.0) else {
+                continue;
+            };
+            match name.as_str() {
+                "cpu" => r.milli_cpu = q.milli_value(),
+                "memory" => r.memory = q.value(),
+                "ephemeral-storage" => r.ephemeral_storage = q.value(),
+                "pods" => r.pods = q.value(),
+                other => {
+                    r.scalar.insert(other.to_owned(), q.value());
+                }
+            }
+        }
+        r
+    }
+}
+
+/// What a pod asks of a node: the sum of its containers' requests, or the
+/// largest init container's if that is more (init containers run one at a
+/// time, before the others), plus the pod overhead.
+pub fn pod_requests(pod: &Pod) -> Resources {
+    let Some(spec) = &pod.spec else {
+        return Resources::default();
+    };
+    let mut sum = Resources::default();
+    for c in &spec.containers {
+        sum.add(&Resources::from_list(
+            c.resources.as_ref().and_then(|r| r.requests.as_ref()),
+        ));
+    }
+    for c in spec.init_containers.iter().flatten() {
+        let init = Resources::from_list(c.resources.as_ref().and_then(|r| r.requests.as_ref()));
+        // Sidecars (restartPolicy Always) keep running: they add up.
+        if c.restart_policy.as_deref() == Some("Always") {
+            sum.add(&init);
+        } else {
+            sum.max_with(&init);
+        }
+    }
+    if let Some(overhead) = &spec.overhead {
+        sum.add(&Resources::from_list(Some(overhead)));
+    }
+    sum.pods = 1;
+    sum
+}
+
+/// A host port a pod uses: (host IP, protocol, port).
+pub type HostPort = (String, String, i32);
+
+pub fn host_ports(pod: &Pod) -> Vec<HostPort> {
+    let mut ports = Vec::new();
+    for c in pod.spec.iter().flat_map(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+    }) {
+        for p in c.ports.iter().flatten() {
+            if let Some(host_port) = p.host_port.filter(|p| *p > 0) {
+                let ip = p
+                    .host_ip
+                    .clone()
+                    .filter(|ip| !ip.is_empty())
+                    .unwrap_or_else(|| "0.0.0.0".into());
+                ports.push((
+                    ip,
+                    p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    host_port,
+                ));
+            }
+        }
+    }
+    ports
+}
+
+/// A pod with what the plugins need computed once.
+#[derive(Debug)]
+pub struct PodInfo {
+    pub pod: Arc<Pod>,
+    /// `namespace/name`.
+    pub key: String,
+    pub uid: String,
+    pub namespace: String,
+    pub priority: i32,
+    pub requests: Resources,
+    pub host_ports: Vec<HostPort>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl PodInfo {
+    pub fn new(pod: Arc<Pod>) -> PodInfo {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        PodInfo {
+            key: format!("{namespace}/{name}"),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            namespace,
+            priority: pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0),
+            requests: pod_requests(&pod),
+            host_ports: host_ports(&pod),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            pod,
+        }
+    }
+
+    pub fn spec(&self) -> &k8s_openapi::api::core::v1::PodSpec {
+        static EMPTY: std::sync::OnceLock<k8s_openapi::api::core::v1::PodSpec> =
+            std::sync::OnceLock::new();
+        self.pod
+            .spec
+            .as_ref()
+            .unwrap_or_else(|| EMPTY.get_or_init(Default::default))
+    }
+}
+
+/// A node and the pods on it.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub node: Arc<Node>,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub allocatable: Resources,
+    pub requested: Resources,
+    pub pods: Vec<Arc<PodInfo>>,
+    pub used_ports: HashSet<HostPort>,
+    pub taints: Vec<Taint>,
+    pub unschedulable: bool,
+    /// Image names present on the node, from its status.
+    pub images: HashSet<String>,
+}
+
+impl NodeInfo {
+    pub fn new(node: Arc<Node>) -> NodeInfo {
+        let mut info = NodeInfo {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            labels: BTreeMap::new(),
+            allocatable: Resources::default(),
+            requested: Resources::default(),
+            pods: Vec::new(),
+            used_ports: HashSet::new(),
+            taints: Vec::new(),
+            unschedulable: false,
+            images: HashSet::new(),
+            node: node.clone(),
+        };
+        info.set_node(node);
+        info
+    }
+
+    /// Takes a new version of the node object, keeping its pods.
+    pub fn set_node(&mut self, node: Arc<Node>) {
+        self.labels = node.metadata.labels.clone().unwrap_or_default();
+        let status = node.status.as_ref();
+        self.allocatable = Resources::from_list(
+            status.and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref())),
+        );
+        self.taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        self.unschedulable = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
+        self.images = status
+            .and_then(|s| s.images.as_ref())
+            .into_iter()
+            .flatten()
+            .flat_map(|i| i.names.iter().flatten().cloned())
+            .collect();
+        self.node = node;
+    }
+
+    pub fn add_pod(&mut self, pod: Arc<PodInfo>) {
+        self.requested.add(&pod.requests);
+        for port in &pod.host_ports {
+            self.used_ports.insert(port.clone());
+        }
+        self.pods.push(pod);
+    }
+
+    pub fn remove_pod(&mut self, uid: &str) -> Option<Arc<PodInfo>> {
+        let index = self.pods.iter().position(|p| p.uid == uid)?;
+        let pod = self.pods.swap_remove(index);
+        self.requested.sub(&pod.requests);
+        for port in &pod.host_ports {
+            self.used_ports.remove(port);
+        }
+        Some(pod)
+    }
+}
+
+/// Where each pod the scheduler knows about is.
+#[derive(Default)]
+pub struct ClusterCache {
+    pub nodes: BTreeMap<String, NodeInfo>,
+    /// Node names in a stable order, for the round-robin start of filtering.
+    pub node_order: Vec<String>,
+    /// uid → (node, assumed: binding still in flight).
+    pods: HashMap<String, (String, bool)>,
+    /// Pods bound to nodes the cache does not know yet.
+    orphans: HashMap<String, Arc<PodInfo>>,
+}
+
+impl ClusterCache {
+    pub fn upsert_node(&mut self, node: Node) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let node = Arc::new(node);
+        match self.nodes.get_mut(&name) {
+            Some(info) => info.set_node(node),
+            None => {
+                let mut info = NodeInfo::new(node);
+                // Pods that arrived before their node.
+                let waiting: Vec<String> = self
+                    .orphans
+                    .iter()
+                    .filter(|(uid, _)| self.pods.get(*uid).is_some_and(|(n, _)| n == &name))
+                    .map(|(uid, _)| uid.clone())
+                    .collect();
+                for uid in waiting {
+                    if let Some(pod) = self.orphans.remove(&uid) {
+                        info.add_pod(pod);
+                    }
+                }
+                self.nodes.insert(name.clone(), info);
+                self.node_order.push(name);
+            }
+        }
+    }
+
+    pub fn remove_node(&mut self, name: &str) {
+        if let Some(info) = self.nodes.remove(name) {
+            for pod in info.pods {
+                self.orphans.insert(pod.uid.clone(), pod);
+            }
+        }
+        self.node_order.retain(|n| n != name);
+    }
+
+    /// Records a pod the API says is on `node` (confirming an assumed one).
+    pub fn add_bound_pod(&mut self, pod: Arc<PodInfo>, node: &str) {
+        if let Some((current, _)) = self.pods.get(&pod.uid).cloned() {
+            self.detach(&pod.uid, &current);
+        }
+        self.attach(pod, node, false);
+    }
+
+    /// Places a pod on a node before its binding is confirmed, so the next
+    /// decisions already see the room it takes.
+    pub fn assume(&mut self, pod: Arc<PodInfo>, node: &str) {
+        self.attach(pod, node, true);
+    }
+
+    /// Undoes [`assume`](Self::assume) after a failed binding.
+    pub fn forget(&mut self, uid: &str) {
+        if let Some((node, true)) = self.pods.get(uid).cloned() {
+            self.detach(uid, &node);
+            self.pods.remove(uid);
+        }
+    }
+
+    pub fn remove_pod(&mut self, uid: &str) {
+        if let Some((node, _)) = self.pods.remove(uid) {
+            self.detach(uid, &node);
+        }
+        self.orphans.remove(uid);
+    }
+
+    pub fn is_assumed_or_bound(&self, uid: &str) -> bool {
+        self.pods.contains_key(uid)
+    }
+
+    fn attach(&mut self, pod: Arc<PodInfo>, node: &str, assumed: bool) {
+        self.pods
+            .insert(pod.uid.clone(), (node.to_owned(), assumed));
+        match self.nodes.get_mut(node) {
+            Some(info) => info.add_pod(pod),
+            None => {
+                self.orphans.insert(pod.uid.clone(), pod);
+            }
+        }
+    }
+
+    fn detach(&mut self, uid: &str, node: &str) {
+        if let Some(info) = self.nodes.get_mut(node) {
+            info.remove_pod(uid);
+        }
+        self.orphans.remove(uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": "p", "namespace": "ns", "uid": "u1"}, "spec": spec}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn init_containers_count_as_the_max_not_the_sum() {
+        let p = pod(json!({
+            "initContainers": [{"name": "i", "image": "x", "resources": {"requests": {"cpu": "3500m"}}}],
+            "containers": [
+                {"name": "a", "image": "x", "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}},
+                {"name": "b", "image": "x", "resources": {"requests": {"cpu": "500m"}}}
+            ]
+        }));
+        let r = pod_requests(&p);
+        assert_eq!((r.milli_cpu, r.memory, r.pods), (3500, 1 << 30, 1));
+        let small_init = pod(json!({
+            "initContainers": [{"name": "i", "image": "x", "resources": {"requests": {"cpu": "100m"}}}],
+            "containers": [{"name": "a", "image": "x", "resources": {"requests": {"cpu": "500m", "nvidia.com/gpu": "1"}}}],
+            "overhead": {"cpu": "50m"}
+        }));
+        let r = pod_requests(&small_init);
+        assert_eq!((r.milli_cpu, r.scalar["nvidia.com/gpu"]), (550, 1));
+    }
+
+    #[test]
+    fn assumed_pods_take_room_until_forgotten() {
+        let mut cache = ClusterCache::default();
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1"}, "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}}})).unwrap();
+        cache.upsert_node(node);
+        let p = Arc::new(PodInfo::new(Arc::new(pod(
+            json!({"containers": [{"name": "a", "image": "x", "resources": {"requests": {"cpu": "1"}}}]}),
+        ))));
+        cache.assume(p.clone(), "n1");
+        assert_eq!(cache.nodes["n1"].requested.milli_cpu, 1000);
+        cache.forget("u1");
+        assert_eq!(cache.nodes["n1"].requested.milli_cpu, 0);
+        cache.assume(p.clone(), "n1");
+        cache.add_bound_pod(p, "n1");
+        assert_eq!(
+            cache.nodes["n1"].requested.milli_cpu, 1000,
+            "confirming does not count twice"
+        );
+        cache.forget("u1");
+        assert_eq!(
+            cache.nodes["n1"].requested.milli_cpu, 1000,
+            "a bound pod is not forgotten"
+        );
+        cache.remove_pod("u1");
+        assert_eq!(cache.nodes["n1"].requested.pods, 0);
+    }
+}

@@ -1,0 +1,610 @@
+//! The scheduler: informers fill the cache and the queue; one loop takes
+//! pods from the queue and runs the scheduling cycle; bindings go to the
+//! API asynchronously, on the assumed cache.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::Client;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::cache::{ClusterCache, NodeInfo, PodInfo};
+use crate::framework::{
+    unschedulable_message, Code, CycleState, FilterPlugin, NodeStatuses, Nomination,
+    PreFilterPlugin, Status, MAX_NODE_SCORE,
+};
+use crate::profile::Profile;
+use crate::queue::SchedulingQueue;
+
+/// Bindings in flight at once.
+const MAX_BINDINGS_IN_FLIGHT: usize = 256;
+
+/// The outcome of one scheduling cycle.
+pub enum Decision {
+    Node(String),
+    /// No node fits; the statuses explain why, and preemption may have
+    /// nominated a node.
+    Unschedulable {
+        message: String,
+        nomination: Option<Nomination>,
+    },
+}
+
+/// How many feasible nodes to find before scoring, as Kubernetes'
+/// adaptive `percentageOfNodesToScore`.
+pub fn feasible_nodes_to_find(total: usize, percentage: u32) -> usize {
+    const MIN: usize = 100;
+    if total < MIN {
+        return total;
+    }
+    let percentage = if percentage == 0 {
+        (50 - (total / 125) as i64).max(5) as usize
+    } else {
+        percentage.min(100) as usize
+    };
+    (total * percentage / 100).max(MIN)
+}
+
+/// A small, fast random source for tie-breaking.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Runs one scheduling cycle against the cache. `start` rotates where
+/// filtering begins, so the early stop does not favour the first nodes.
+pub fn schedule_one(
+    profile: &Profile,
+    cache: &ClusterCache,
+    pod: &PodInfo,
+    start: &mut usize,
+    seed: u64,
+) -> Decision {
+    let total = cache.node_order.len();
+    let mut state = CycleState::default();
+    let mut statuses = NodeStatuses::new();
+    let mut skipped_filters: HashSet<&'static str> = HashSet::new();
+    for plugin in &profile.pre_filters {
+        let status = plugin.pre_filter(&mut state, pod, cache);
+        match status.code {
+            Code::Success => {}
+            Code::Skip => {
+                skipped_filters.insert(plugin.name());
+            }
+            _ => {
+                for name in &cache.node_order {
+                    statuses.insert(name.clone(), status.clone());
+                }
+                return Decision::Unschedulable {
+                    message: unschedulable_message(total, &statuses),
+                    nomination: None,
+                };
+            }
+        }
+    }
+    let filters: Vec<&dyn FilterPlugin> = profile
+        .filters
+        .iter()
+        .filter(|f| !skipped_filters.contains(f.name()))
+        .map(|f| f.as_ref())
+        .collect();
+    let want = feasible_nodes_to_find(total, profile.percentage_of_nodes_to_score);
+    let mut feasible: Vec<&NodeInfo> = Vec::with_capacity(want.min(total));
+    let mut examined = 0;
+    while examined < total && feasible.len() < want {
+        let name = &cache.node_order[(*start + examined) % total];
+        examined += 1;
+        let Some(node) = cache.nodes.get(name) else {
+            continue;
+        };
+        let mut verdict = Status::success();
+        for filter in &filters {
+            let status = filter.filter(&state, pod, node);
+            if !status.is_success() {
+                verdict = status;
+                break;
+            }
+        }
+        if verdict.is_success() {
+            feasible.push(node);
+        } else {
+            statuses.insert(name.clone(), verdict);
+        }
+    }
+    if total > 0 {
+        *start = (*start + examined) % total;
+    }
+    if feasible.is_empty() {
+        let pre_filters: Vec<&dyn PreFilterPlugin> =
+            profile.pre_filters.iter().map(|p| p.as_ref()).collect();
+        let all_filters: Vec<&dyn FilterPlugin> =
+            profile.filters.iter().map(|f| f.as_ref()).collect();
+        let nomination = profile
+            .post_filters
+            .iter()
+            .find_map(|p| p.post_filter(pod, cache, &statuses, &all_filters, &pre_filters));
+        return Decision::Unschedulable {
+            message: unschedulable_message(total, &statuses),
+            nomination,
+        };
+    }
+    if feasible.len() == 1 {
+        return Decision::Node(feasible[0].name.clone());
+    }
+    let mut skipped_scores: HashSet<&'static str> = HashSet::new();
+    for plugin in &profile.pre_scores {
+        if plugin.pre_score(&mut state, pod, &feasible, cache).code == Code::Skip {
+            skipped_scores.insert(plugin.name());
+        }
+    }
+    let mut totals = vec![0i64; feasible.len()];
+    let mut scores = vec![0i64; feasible.len()];
+    for (plugin, weight) in &profile.scores {
+        if skipped_scores.contains(plugin.name()) {
+            continue;
+        }
+        for (i, node) in feasible.iter().enumerate() {
+            scores[i] = plugin.score(&state, pod, node);
+        }
+        plugin.normalize(&state, pod, &mut scores);
+        for (t, s) in totals.iter_mut().zip(&scores) {
+            *t += s.clamp(&0, &MAX_NODE_SCORE) * weight;
+        }
+    }
+    // The best score; ties are broken at random, as Kubernetes does.
+    let mut rng = XorShift(seed | 1);
+    let mut best = 0;
+    let mut ties = 1u64;
+    for i in 1..totals.len() {
+        if totals[i] > totals[best] {
+            best = i;
+            ties = 1;
+        } else if totals[i] == totals[best] {
+            ties += 1;
+            if rng.next().is_multiple_of(ties) {
+                best = i;
+            }
+        }
+    }
+    Decision::Node(feasible[best].name.clone())
+}
+
+/// The running scheduler: shared by the loop, the informers and the
+/// binding tasks.
+pub struct Scheduler {
+    client: Client,
+    profiles: HashMap<String, Arc<Profile>>,
+    cache: Mutex<ClusterCache>,
+    queue: SchedulingQueue,
+    bindings: Arc<Semaphore>,
+}
+
+impl Scheduler {
+    pub fn new(client: Client, profiles: HashMap<String, Arc<Profile>>) -> Arc<Self> {
+        Arc::new(Scheduler {
+            client,
+            profiles,
+            cache: Mutex::new(ClusterCache::default()),
+            queue: SchedulingQueue::default(),
+            bindings: Arc::new(Semaphore::new(MAX_BINDINGS_IN_FLIGHT)),
+        })
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, ClusterCache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the informers and the scheduling loop until the task is
+    /// dropped.
+    pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+        let nodes = tokio::spawn(self.clone().watch_nodes());
+        let pods = tokio::spawn(self.clone().watch_pods());
+        let schedule = tokio::spawn(self.clone().schedule_loop());
+        tokio::select! {
+            r = nodes => r??,
+            r = pods => r??,
+            r = schedule => r?,
+        }
+        Ok(())
+    }
+
+    async fn watch_nodes(self: Arc<Self>) -> anyhow::Result<()> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        loop {
+            let event = match stream.try_next().await {
+                Ok(Some(event)) => event,
+                Ok(None) => return Ok(()),
+                Err(err) => {
+                    tracing::warn!(error = %err, "node watch failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            match event {
+                watcher::Event::Init => seen.clear(),
+                watcher::Event::InitApply(node) => {
+                    seen.insert(node.metadata.name.clone().unwrap_or_default());
+                    self.cache().upsert_node(node);
+                }
+                watcher::Event::InitDone => {
+                    let mut cache = self.cache();
+                    let gone: Vec<String> = cache
+                        .nodes
+                        .keys()
+                        .filter(|n| !seen.contains(*n))
+                        .cloned()
+                        .collect();
+                    for name in gone {
+                        cache.remove_node(&name);
+                    }
+                    drop(cache);
+                    self.queue.move_all_to_active();
+                }
+                watcher::Event::Apply(node) => {
+                    self.cache().upsert_node(node);
+                    self.queue.move_all_to_active();
+                }
+                watcher::Event::Delete(node) => {
+                    self.cache()
+                        .remove_node(node.metadata.name.as_deref().unwrap_or(""));
+                }
+            }
+        }
+    }
+
+    async fn watch_pods(self: Arc<Self>) -> anyhow::Result<()> {
+        let api: Api<Pod> = Api::all(self.client.clone());
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut known: HashMap<String, String> = HashMap::new(); // uid -> key
+        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        loop {
+            let event = match stream.try_next().await {
+                Ok(Some(event)) => event,
+                Ok(None) => return Ok(()),
+                Err(err) => {
+                    tracing::warn!(error = %err, "pod watch failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            match event {
+                watcher::Event::Init => seen.clear(),
+                watcher::Event::InitApply(pod) => {
+                    let uid = pod.metadata.uid.clone().unwrap_or_default();
+                    seen.insert(uid.clone());
+                    self.on_pod(pod, &mut known);
+                }
+                watcher::Event::InitDone => {
+                    let gone: Vec<(String, String)> = known
+                        .iter()
+                        .filter(|(uid, _)| !seen.contains(*uid))
+                        .map(|(u, k)| (u.clone(), k.clone()))
+                        .collect();
+                    for (uid, key) in gone {
+                        self.on_pod_gone(&uid, &key, &mut known);
+                    }
+                }
+                watcher::Event::Apply(pod) => self.on_pod(pod, &mut known),
+                watcher::Event::Delete(pod) => {
+                    let uid = pod.metadata.uid.clone().unwrap_or_default();
+                    let key = PodInfo::new(Arc::new(pod)).key;
+                    self.on_pod_gone(&uid, &key, &mut known);
+                }
+            }
+        }
+    }
+
+    fn on_pod(&self, pod: Pod, known: &mut HashMap<String, String>) {
+        let info = Arc::new(PodInfo::new(Arc::new(pod)));
+        known.insert(info.uid.clone(), info.key.clone());
+        let spec = info.spec();
+        let phase = info.pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        let finished = matches!(phase, Some("Succeeded" | "Failed"));
+        match spec.node_name.as_deref().filter(|n| !n.is_empty()) {
+            Some(node) => {
+                self.queue.remove(&info.key);
+                if finished {
+                    self.cache().remove_pod(&info.uid);
+                    self.queue.move_all_to_active();
+                } else {
+                    let node = node.to_owned();
+                    self.cache().add_bound_pod(info, &node);
+                }
+            }
+            None => {
+                let ours = self.profiles.contains_key(
+                    spec.scheduler_name
+                        .as_deref()
+                        .unwrap_or(crate::profile::DEFAULT_SCHEDULER_NAME),
+                );
+                let deleting = info.pod.metadata.deletion_timestamp.is_some();
+                if !ours || deleting || finished {
+                    self.queue.remove(&info.key);
+                } else if !self.cache().is_assumed_or_bound(&info.uid) {
+                    self.queue.add_or_update(info);
+                }
+            }
+        }
+    }
+
+    fn on_pod_gone(&self, uid: &str, key: &str, known: &mut HashMap<String, String>) {
+        known.remove(uid);
+        self.queue.remove(key);
+        self.cache().remove_pod(uid);
+        // Room was freed.
+        self.queue.move_all_to_active();
+    }
+
+    async fn schedule_loop(self: Arc<Self>) {
+        let mut start = 0usize;
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        loop {
+            let popped = self.queue.pop().await;
+            let pod = popped.pod.clone();
+            let scheduler_name = pod
+                .spec()
+                .scheduler_name
+                .clone()
+                .unwrap_or_else(|| crate::profile::DEFAULT_SCHEDULER_NAME.into());
+            let Some(profile) = self.profiles.get(&scheduler_name).cloned() else {
+                self.queue.done(&pod.key);
+                continue;
+            };
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let decision = {
+                let cache = self.cache();
+                if cache.is_assumed_or_bound(&pod.uid) {
+                    drop(cache);
+                    self.queue.done(&pod.key);
+                    continue;
+                }
+                let decision = schedule_one(&profile, &cache, &pod, &mut start, seed);
+                drop(cache);
+                decision
+            };
+            match decision {
+                Decision::Node(node) => {
+                    self.cache().assume(pod.clone(), &node);
+                    self.queue.done(&pod.key);
+                    let permit = self.bindings.clone().acquire_owned().await.ok();
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        this.bind(pod, node, popped.attempts).await;
+                    });
+                }
+                Decision::Unschedulable {
+                    message,
+                    nomination,
+                } => {
+                    self.queue.unschedulable(&pod.key);
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        this.report_unschedulable(pod, message, nomination).await
+                    });
+                }
+            }
+        }
+    }
+
+    async fn bind(&self, pod: Arc<PodInfo>, node: String, attempts: u32) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let name = pod.pod.metadata.name.clone().unwrap_or_default();
+        let binding = json!({
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name, "namespace": pod.namespace, "uid": pod.uid},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        });
+        match api
+            .create_subresource::<serde_json::Value, serde_json::Value>(
+                "binding",
+                &name,
+                &PostParams::default(),
+                &binding,
+            )
+            .await
+        {
+            Ok(_) => tracing::debug!(pod = %pod.key, node, "bound"),
+            Err(err) => {
+                tracing::info!(pod = %pod.key, node, attempts, error = %err, "binding failed; will retry");
+                self.cache().forget(&pod.uid);
+                let gone = matches!(&err, kube::Error::Api(s) if s.code == 404);
+                if !gone {
+                    // Back in line, after a pause.
+                    self.queue.add_or_update(pod.clone());
+                }
+            }
+        }
+    }
+
+    /// Tells the user why the pod waits (condition and event), and acts on
+    /// a preemption decision.
+    async fn report_unschedulable(
+        &self,
+        pod: Arc<PodInfo>,
+        message: String,
+        nomination: Option<Nomination>,
+    ) {
+        let name = pod.pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        if let Some(nomination) = &nomination {
+            let patch = json!({"status": {"nominatedNodeName": nomination.node}});
+            if let Err(err) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::info!(pod = %pod.key, error = %err, "cannot nominate a node");
+            }
+            for (victim, uid) in &nomination.victims {
+                let (ns, victim_name) = victim.split_once('/').unwrap_or(("default", victim));
+                let victims: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+                let params = DeleteParams {
+                    preconditions: Some(kube::api::Preconditions {
+                        uid: Some(uid.clone()),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match victims.delete(victim_name, &params).await {
+                    Ok(_) => {
+                        self.event(
+                            ns,
+                            victim_name,
+                            uid,
+                            "Preempted",
+                            &format!("Preempted by pod {} on node {}", pod.uid, nomination.node),
+                            "Normal",
+                        )
+                        .await
+                    }
+                    Err(err) => tracing::info!(victim, error = %err, "cannot preempt"),
+                }
+            }
+        }
+        if !self.queue.note_message(&pod.key, &message) {
+            return;
+        }
+        let now = rudder_apimachinery::time::now_rfc3339();
+        let condition = json!({"status": {"conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": message, "lastProbeTime": null, "lastTransitionTime": now,
+        }]}});
+        if let Err(err) = api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Strategic(&condition),
+            )
+            .await
+        {
+            tracing::debug!(pod = %pod.key, error = %err, "cannot set PodScheduled=False");
+        }
+        self.event(
+            &pod.namespace,
+            &name,
+            &pod.uid,
+            "FailedScheduling",
+            &message,
+            "Warning",
+        )
+        .await;
+    }
+
+    async fn event(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        reason: &str,
+        message: &str,
+        kind: &str,
+    ) {
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), namespace);
+        let now = rudder_apimachinery::time::now_rfc3339();
+        let event = json!({
+            "metadata": {"generateName": format!("{name}.")},
+            "involvedObject": {"kind": "Pod", "namespace": namespace, "name": name, "uid": uid, "apiVersion": "v1"},
+            "reason": reason,
+            "message": message,
+            "type": kind,
+            "source": {"component": "default-scheduler"},
+            "reportingComponent": "default-scheduler",
+            "reportingInstance": "default-scheduler",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        });
+        let Ok(event) = serde_json::from_value(event) else {
+            return;
+        };
+        if let Err(err) = events.create(&PostParams::default(), &event).await {
+            tracing::debug!(error = %err, "cannot record an event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::testing::{cache, node, pod, pod_requesting};
+    use crate::profile::SchedulerConfiguration;
+    use serde_json::json;
+
+    #[test]
+    fn the_feasible_node_target_follows_kubernetes() {
+        assert_eq!(feasible_nodes_to_find(50, 0), 50);
+        assert_eq!(feasible_nodes_to_find(1000, 0), 420);
+        assert_eq!(feasible_nodes_to_find(5000, 0), 500);
+        assert_eq!(feasible_nodes_to_find(5000, 100), 5000);
+    }
+
+    #[test]
+    fn a_cycle_picks_a_fitting_node_or_explains() {
+        let profiles = SchedulerConfiguration::default().profiles().unwrap();
+        let profile = &profiles["default-scheduler"];
+        let mut c = cache(vec![
+            node("a", "4", "8Gi", json!({})),
+            node(
+                "b",
+                "4",
+                "8Gi",
+                json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}}),
+            ),
+        ]);
+        c.add_bound_pod(pod_requesting("busy", "3", "1Gi"), "a");
+        let mut start = 0;
+        match schedule_one(
+            profile,
+            &c,
+            &pod_requesting("p", "500m", "1Gi"),
+            &mut start,
+            7,
+        ) {
+            Decision::Node(n) => assert_eq!(n, "a"),
+            Decision::Unschedulable { message, .. } => panic!("{message}"),
+        }
+        match schedule_one(
+            profile,
+            &c,
+            &pod_requesting("big", "2", "1Gi"),
+            &mut start,
+            7,
+        ) {
+            Decision::Unschedulable {
+                message,
+                nomination,
+            } => {
+                assert_eq!(
+                    message,
+                    "0/2 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {dedicated: db}."
+                );
+                assert_eq!(nomination, None, "equal priority: no preemption");
+            }
+            Decision::Node(n) => panic!("placed on {n}"),
+        }
+        let selective = pod(
+            "sel",
+            json!({"nodeSelector": {"kubernetes.io/hostname": "b"}, "tolerations": [{"operator": "Exists"}]}),
+        );
+        assert!(
+            matches!(schedule_one(profile, &c, &selective, &mut start, 7), Decision::Node(n) if n == "b")
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! Subcommands that run a component as an API client: `rudder scheduler`
+//! and `rudder simulate`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+
+/// A kube client from a kubeconfig file (or `KUBECONFIG`, or the default
+/// locations when none is given).
+pub async fn client_from(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using the kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding a kubeconfig (set KUBECONFIG or pass --kubeconfig)")?,
+    };
+    kube::Client::try_from(config).context("creating the API client")
+}
+
+#[derive(Args, Debug)]
+pub struct SchedulerArgs {
+    /// The API server's kubeconfig (default: KUBECONFIG).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// A KubeSchedulerConfiguration file: profiles, plugins, weights.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// Reads `--config`, or the default single profile.
+pub fn scheduler_config(
+    path: Option<&Path>,
+) -> anyhow::Result<rudder_scheduler::SchedulerConfiguration> {
+    match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            rudder_scheduler::SchedulerConfiguration::from_yaml(&text)
+                .with_context(|| format!("in {}", path.display()))
+        }
+        None => Ok(Default::default()),
+    }
+}
+
+pub async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
+    let config = scheduler_config(args.config.as_deref())?;
+    let client = client_from(args.kubeconfig.as_deref()).await?;
+    tokio::select! {
+        result = rudder_scheduler::run(client, config) => result,
+        _ = crate::server::shutdown_signal() => Ok(()),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    /// The API server's kubeconfig (default: KUBECONFIG).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Simulated nodes to run.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// CPU of each node.
+    #[arg(long, default_value = "4")]
+    cpu: String,
+    /// Memory of each node.
+    #[arg(long, default_value = "8Gi")]
+    memory: String,
+    /// Pods each node takes.
+    #[arg(long, default_value_t = 110)]
+    pods: u32,
+    /// Nodes are named PREFIX1..PREFIXN.
+    #[arg(long, default_value = "sim-")]
+    name_prefix: String,
+}
+
+pub async fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let client = client_from(args.kubeconfig.as_deref()).await?;
+    let options = rudder_simulator::SimulateOptions {
+        nodes: args.nodes,
+        cpu: args.cpu,
+        memory: args.memory,
+        pods: args.pods,
+        name_prefix: args.name_prefix,
+    };
+    tokio::select! {
+        result = rudder_simulator::run(client, options) => result,
+        _ = crate::server::shutdown_signal() => Ok(()),
+    }
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs acceptance scenarios (../shared/acceptance) and fails on any failed
+# check, except the checks listed in scripts/acceptance-known-wrong.txt:
+# checks that expect what real Kubernetes does not do, documented there
+# with the evidence (the brief asks us to report those, not to bend the
+# product to them).
+#   scripts/acceptance.sh 01 02 03
+set -uo pipefail
+cd "$(dirname "$0")/.."
+known=scripts/acceptance-known-wrong.txt
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+bash ../shared/acceptance/run.sh "$@" 2>&1 | tee "$out"
+if grep -q '^scenarios that could not run' "$out"; then
+  echo "acceptance.sh: a scenario could not run" >&2
+  exit 1
+fi
+unexpected=0 documented=0
+while IFS= read -r check; do
+  if grep -Fqx -- "$check" <(grep -v '^#' "$known" | cut -d'|' -f2); then
+    echo "acceptance.sh: known-wrong check failed as documented in $known: $check"
+    documented=$((documented + 1))
+  else
+    echo "acceptance.sh: unexpected failure: $check"
+    unexpected=$((unexpected + 1))
+  fi
+done < <(grep -E '^  FAIL ' "$out" | sed 's/^  FAIL //' | sort -u)
+passed=$(grep -E '^  ok   ' "$out" | wc -l)
+echo "known-wrong checks that failed as documented: $documented"
+echo "acceptance: $passed passed, $unexpected failed"
+((unexpected == 0))
