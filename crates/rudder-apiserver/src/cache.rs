@@ -29,6 +29,46 @@ pub struct CachedEvent {
     /// The object before the change, if it existed.
     pub prev: Option<Arc<Value>>,
     pub deleted: bool,
+    /// The watch line for each event type, serialized once for every
+    /// watcher that sends it.
+    lines: [std::sync::OnceLock<bytes::Bytes>; 3],
+}
+
+impl CachedEvent {
+    pub fn new(
+        revision: Revision,
+        key: String,
+        object: Arc<Value>,
+        prev: Option<Arc<Value>>,
+        deleted: bool,
+    ) -> Self {
+        CachedEvent {
+            revision,
+            key,
+            object,
+            prev,
+            deleted,
+            lines: Default::default(),
+        }
+    }
+
+    /// `{"type":KIND,"object":…}` and a newline.
+    pub fn line(&self, kind: &str) -> bytes::Bytes {
+        let slot = match kind {
+            "ADDED" => 0,
+            "MODIFIED" => 1,
+            _ => 2,
+        };
+        self.lines[slot]
+            .get_or_init(|| {
+                let mut line =
+                    serde_json::to_vec(&serde_json::json!({"type": kind, "object": &*self.object}))
+                        .unwrap_or_default();
+                line.push(b'\n');
+                line.into()
+            })
+            .clone()
+    }
 }
 
 /// What watchers receive.
@@ -90,6 +130,17 @@ impl ResourceCache {
         }
     }
 
+    /// One object as the cache has it now (it may lag the store a little).
+    pub async fn get(&self, key: &str) -> Option<Arc<Value>> {
+        self.wait_ready().await;
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .objects
+            .get(key)
+            .cloned()
+    }
+
     /// The objects under `prefix` now, and the revision they are at.
     pub async fn snapshot(&self, prefix: &str) -> (Vec<Arc<Value>>, Revision) {
         self.wait_ready().await;
@@ -113,13 +164,13 @@ impl ResourceCache {
             .range(prefix.to_owned()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(key, object)| {
-                Arc::new(CachedEvent {
-                    revision: state.revision,
-                    key: key.clone(),
-                    object: object.clone(),
-                    prev: None,
-                    deleted: false,
-                })
+                Arc::new(CachedEvent::new(
+                    state.revision,
+                    key.clone(),
+                    object.clone(),
+                    None,
+                    false,
+                ))
             })
             .collect();
         Subscription {
@@ -213,13 +264,13 @@ impl ResourceCache {
                             } else {
                                 state.objects.insert(event.kv.key.clone(), object.clone());
                             }
-                            let cached = Arc::new(CachedEvent {
-                                revision: event.kv.mod_revision,
-                                key: event.kv.key.clone(),
+                            let cached = Arc::new(CachedEvent::new(
+                                event.kv.mod_revision,
+                                event.kv.key.clone(),
                                 object,
                                 prev,
                                 deleted,
-                            });
+                            ));
                             state.revision = cached.revision;
                             state.history.push_back(cached.clone());
                             if state.history.len() > HISTORY {

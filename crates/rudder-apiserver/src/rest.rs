@@ -496,7 +496,17 @@ impl ApiServer {
             .registry()
             .get("", "v1", "namespaces")
             .ok_or_else(|| ApiError::Internal("namespaces are not registered".into()))?;
-        let (obj, _) = self.read_object(&namespaces, None, ns).await?;
+        // The watch cache answers most checks; one it has not seen yet
+        // (created a moment ago) is read from the store.
+        let cached = self
+            .caches()
+            .get(self.store(), &namespaces.key_prefix())
+            .get(&namespaces.key(None, ns))
+            .await;
+        let obj = match cached {
+            Some(obj) => (*obj).clone(),
+            None => self.read_object(&namespaces, None, ns).await?.0,
+        };
         if meta(&obj).contains_key("deletionTimestamp")
             || obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
         {

@@ -164,20 +164,16 @@ impl ApiServer {
                 continue;
             }
             let initial = matches!(req.start, Start::InitialState { .. });
-            let translated = if initial {
-                if req.selection.matches(&event.object) {
-                    vec![("ADDED", (*event.object).clone())]
-                } else {
-                    vec![]
-                }
+            let kind = if initial {
+                req.selection.matches(&event.object).then_some("ADDED")
             } else {
                 if event.revision <= last {
                     continue;
                 }
-                req.translate_cached(event)
+                req.kind_of_cached(event)
             };
-            for (kind, obj) in translated {
-                if !send(req.event(kind, obj)).await {
+            if let Some(kind) = kind {
+                if tx.send(Ok(req.cached_line(kind, event))).await.is_err() {
                     return;
                 }
             }
@@ -201,8 +197,8 @@ impl ApiServer {
                     if !event.key.starts_with(&req.prefix) {
                         continue;
                     }
-                    for (kind, obj) in req.translate_cached(&event) {
-                        if !send(req.event(kind, obj)).await {
+                    if let Some(kind) = req.kind_of_cached(&event) {
+                        if tx.send(Ok(req.cached_line(kind, &event))).await.is_err() {
                             return;
                         }
                     }
@@ -280,26 +276,34 @@ impl ApiServer {
 }
 
 impl WatchRequest {
-    /// The same as [`translate`](Self::translate), for a cached event.
-    fn translate_cached(&self, event: &CachedEvent) -> Vec<(&'static str, Value)> {
+    /// The event type a cached change is to this watcher, if any (as
+    /// [`translate`](Self::translate) does for store events).
+    fn kind_of_cached(&self, event: &CachedEvent) -> Option<&'static str> {
         let prev_matches = event
             .prev
             .as_ref()
             .is_some_and(|p| self.selection.matches(p));
         if event.deleted {
-            return if prev_matches {
-                vec![("DELETED", (*event.object).clone())]
-            } else {
-                vec![]
-            };
+            return prev_matches.then_some("DELETED");
         }
         let matches = self.selection.matches(&event.object);
         match (event.prev.is_some(), prev_matches, matches) {
-            (true, true, true) => vec![("MODIFIED", (*event.object).clone())],
-            (_, false, true) => vec![("ADDED", (*event.object).clone())],
-            (true, true, false) => vec![("DELETED", (*event.object).clone())],
-            _ => vec![],
+            (true, true, true) => Some("MODIFIED"),
+            (_, false, true) => Some("ADDED"),
+            (true, true, false) => Some("DELETED"),
+            _ => None,
         }
+    }
+
+    /// The bytes to send for a cached change, shared by every plain watcher.
+    fn cached_line(&self, kind: &str, event: &CachedEvent) -> bytes::Bytes {
+        if self.table {
+            let mut line =
+                serde_json::to_vec(&self.event(kind, (*event.object).clone())).unwrap_or_default();
+            line.push(b'\n');
+            return line.into();
+        }
+        event.line(kind)
     }
 
     /// A store event as the watch events the client sees (none, one, or

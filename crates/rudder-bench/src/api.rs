@@ -3,12 +3,11 @@
 //! 1,000 watchers, and the server's memory.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -42,75 +41,6 @@ pub struct ApiArgs {
     watch_events: usize,
 }
 
-struct Server {
-    child: Option<Child>,
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn start_server(args: &ApiArgs) -> anyhow::Result<Server> {
-    if let Some(url) = &args.server {
-        return Ok(Server {
-            child: None,
-            url: url.clone(),
-            _dir: None,
-        });
-    }
-    let bin = match &args.rudder_bin {
-        Some(bin) => bin.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no directory for rudder-bench")?
-            .join("rudder"),
-    };
-    let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut command = Command::new(&bin);
-    command
-        .args([
-            "server",
-            "--disable-agent",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(flags) = &args.server_flags {
-        command.args(flags.split_whitespace());
-    }
-    let child = command.spawn().with_context(|| {
-        format!(
-            "starting {} (build it with cargo build --release)",
-            bin.display()
-        )
-    })?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !dir.path().join("kubeconfig.yaml").exists() {
-        if Instant::now() > deadline {
-            bail!("the server did not start within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(Server {
-        child: Some(child),
-        url: format!("http://127.0.0.1:{port}"),
-        _dir: Some(dir),
-    })
-}
-
 fn pod(name: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": "bench"}},
@@ -125,8 +55,13 @@ fn ms(d: Duration) -> f64 {
 }
 
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
-    let server = start_server(&args)?;
-    let pid = server.child.as_ref().map(Child::id);
+    let server = crate::server::start(
+        args.server.as_deref(),
+        args.rudder_bin.as_deref(),
+        args.server_flags.as_deref(),
+        &[],
+    )?;
+    let pid = server.pid();
     let client = Client::try_from(kube::Config::new(server.url.parse()?))?;
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     for ns in ["bench", "bench-watch"] {

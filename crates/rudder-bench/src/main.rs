@@ -2,6 +2,8 @@
 //! of figures per run. Benchmarks print; they never pass or fail on speed.
 
 mod api;
+mod scheduler;
+mod server;
 mod store;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +21,8 @@ enum Command {
     Store(store::StoreArgs),
     /// Creates, GETs, LISTs and watch fan-out against the API server.
     Api(api::ApiArgs),
+    /// Scheduling throughput (upstream scheduler_perf cases).
+    Scheduler(scheduler::SchedulerArgs),
 }
 
 #[tokio::main]
@@ -26,6 +30,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Store(args) => store::run(args).await,
         Command::Api(args) => api::run(args).await,
+        Command::Scheduler(args) => scheduler::run(args).await,
     }
 }
 

@@ -142,13 +142,44 @@ pub struct PodInfo {
     pub requests: Resources,
     pub host_ports: Vec<HostPort>,
     pub labels: BTreeMap<String, String>,
+    /// The pod has pod affinity or anti-affinity terms of any kind (so
+    /// InterPodAffinity must look at it when others are scheduled).
+    pub has_affinity: bool,
+    /// The pod has required anti-affinity terms.
+    pub has_required_anti_affinity: bool,
 }
 
 impl PodInfo {
     pub fn new(pod: Arc<Pod>) -> PodInfo {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
+        let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
+        let pod_affinity = affinity.and_then(|a| a.pod_affinity.as_ref());
+        let anti = affinity.and_then(|a| a.pod_anti_affinity.as_ref());
+        let has_required_anti_affinity = anti
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .is_some_and(|t| !t.is_empty());
+        let has_affinity = has_required_anti_affinity
+            || anti
+                .and_then(|a| {
+                    a.preferred_during_scheduling_ignored_during_execution
+                        .as_ref()
+                })
+                .is_some_and(|t| !t.is_empty())
+            || pod_affinity.is_some_and(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+                    .is_some_and(|t| !t.is_empty())
+                    || a.preferred_during_scheduling_ignored_during_execution
+                        .as_ref()
+                        .is_some_and(|t| !t.is_empty())
+            });
         PodInfo {
+            has_affinity,
+            has_required_anti_affinity,
             key: format!("{namespace}/{name}"),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             namespace,
@@ -184,6 +215,9 @@ pub struct NodeInfo {
     pub unschedulable: bool,
     /// Image names present on the node, from its status.
     pub images: HashSet<String>,
+    /// The pods here with affinity terms (few, usually), so affinity
+    /// checks need not look at every pod.
+    pub pods_with_affinity: Vec<Arc<PodInfo>>,
 }
 
 impl NodeInfo {
@@ -198,6 +232,7 @@ impl NodeInfo {
             taints: Vec::new(),
             unschedulable: false,
             images: HashSet::new(),
+            pods_with_affinity: Vec::new(),
             node: node.clone(),
         };
         info.set_node(node);
@@ -235,6 +270,9 @@ impl NodeInfo {
         for port in &pod.host_ports {
             self.used_ports.insert(port.clone());
         }
+        if pod.has_affinity {
+            self.pods_with_affinity.push(pod.clone());
+        }
         self.pods.push(pod);
     }
 
@@ -244,6 +282,9 @@ impl NodeInfo {
         self.requested.sub(&pod.requests);
         for port in &pod.host_ports {
             self.used_ports.remove(port);
+        }
+        if pod.has_affinity {
+            self.pods_with_affinity.retain(|p| p.uid != uid);
         }
         Some(pod)
     }
@@ -259,6 +300,9 @@ pub struct ClusterCache {
     pods: HashMap<String, (String, bool)>,
     /// Pods bound to nodes the cache does not know yet.
     orphans: HashMap<String, Arc<PodInfo>>,
+    /// How many pods with required anti-affinity are placed: when none,
+    /// InterPodAffinity has nothing to check for pods without terms.
+    pub required_anti_affinity_pods: usize,
 }
 
 impl ClusterCache {
@@ -330,6 +374,9 @@ impl ClusterCache {
     }
 
     fn attach(&mut self, pod: Arc<PodInfo>, node: &str, assumed: bool) {
+        if pod.has_required_anti_affinity {
+            self.required_anti_affinity_pods += 1;
+        }
         self.pods
             .insert(pod.uid.clone(), (node.to_owned(), assumed));
         match self.nodes.get_mut(node) {
@@ -341,10 +388,17 @@ impl ClusterCache {
     }
 
     fn detach(&mut self, uid: &str, node: &str) {
-        if let Some(info) = self.nodes.get_mut(node) {
-            info.remove_pod(uid);
+        let removed = match self.nodes.get_mut(node) {
+            Some(info) => info.remove_pod(uid),
+            None => None,
+        };
+        let orphan = self.orphans.remove(uid);
+        if removed
+            .or(orphan)
+            .is_some_and(|p| p.has_required_anti_affinity)
+        {
+            self.required_anti_affinity_pods = self.required_anti_affinity_pods.saturating_sub(1);
         }
-        self.orphans.remove(uid);
     }
 }
 

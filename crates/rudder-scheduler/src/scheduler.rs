@@ -235,7 +235,8 @@ impl Scheduler {
             };
             match event {
                 watcher::Event::Init => seen.clear(),
-                watcher::Event::InitApply(node) => {
+                watcher::Event::InitApply(mut node) => {
+                    node.metadata.managed_fields = None;
                     seen.insert(node.metadata.name.clone().unwrap_or_default());
                     self.cache().upsert_node(node);
                 }
@@ -253,7 +254,8 @@ impl Scheduler {
                     drop(cache);
                     self.queue.move_all_to_active();
                 }
-                watcher::Event::Apply(node) => {
+                watcher::Event::Apply(mut node) => {
+                    node.metadata.managed_fields = None;
                     self.cache().upsert_node(node);
                     self.queue.move_all_to_active();
                 }
@@ -307,7 +309,10 @@ impl Scheduler {
         }
     }
 
-    fn on_pod(&self, pod: Pod, known: &mut HashMap<String, String>) {
+    fn on_pod(&self, mut pod: Pod, known: &mut HashMap<String, String>) {
+        // Field ownership is of no use to scheduling and is most of a
+        // pod's size.
+        pod.metadata.managed_fields = None;
         let info = Arc::new(PodInfo::new(Arc::new(pod)));
         known.insert(info.uid.clone(), info.key.clone());
         let spec = info.spec();

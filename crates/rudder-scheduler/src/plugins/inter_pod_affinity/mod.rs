@@ -102,6 +102,15 @@ impl PreFilterPlugin for InterPodAffinity {
     fn pre_filter(&self, state: &mut CycleState, pod: &PodInfo, cache: &ClusterCache) -> Status {
         let affinity_terms = required_terms(pod, false);
         let anti_terms = required_terms(pod, true);
+        if affinity_terms.is_empty()
+            && anti_terms.is_empty()
+            && cache.required_anti_affinity_pods == 0
+        {
+            return Status::skip();
+        }
+        // Only pods with terms of their own can reject this pod; only the
+        // pod's own terms need every pod.
+        let own_terms = !affinity_terms.is_empty() || !anti_terms.is_empty();
         let mut affinity: Vec<(PodAffinityTerm, HashSet<String>)> = affinity_terms
             .iter()
             .map(|t| (t.clone(), HashSet::new()))
@@ -110,7 +119,12 @@ impl PreFilterPlugin for InterPodAffinity {
         let mut anti = HashSet::new();
         let mut existing_anti = HashSet::new();
         for node in cache.nodes.values() {
-            for existing in &node.pods {
+            let candidates = if own_terms {
+                &node.pods
+            } else {
+                &node.pods_with_affinity
+            };
+            for existing in candidates {
                 if existing.uid == pod.uid {
                     continue;
                 }
@@ -128,6 +142,9 @@ impl PreFilterPlugin for InterPodAffinity {
                             anti.insert((term.topology_key.clone(), v.clone()));
                         }
                     }
+                }
+                if !existing.has_required_anti_affinity {
+                    continue;
                 }
                 for term in required_terms(existing, true) {
                     if term_matches(&term, &existing.namespace, pod) {
@@ -206,7 +223,12 @@ impl PreScorePlugin for InterPodAffinity {
         let mut weights: HashMap<Domain, i64> = HashMap::new();
         let mut any = !preferred.is_empty() || !preferred_anti.is_empty();
         for node in cache.nodes.values() {
-            for existing in &node.pods {
+            let candidates = if any {
+                &node.pods
+            } else {
+                &node.pods_with_affinity
+            };
+            for existing in candidates {
                 let mut add = |key: &str, w: i64| {
                     if let Some(v) = node.labels.get(key) {
                         *weights.entry((key.to_owned(), v.clone())).or_default() += w;
