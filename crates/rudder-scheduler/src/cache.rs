@@ -303,6 +303,9 @@ pub struct ClusterCache {
     /// How many pods with required anti-affinity are placed: when none,
     /// InterPodAffinity has nothing to check for pods without terms.
     pub required_anti_affinity_pods: usize,
+    /// Claims, volumes, storage classes and CSINodes, for the volume
+    /// plugins.
+    pub volumes: crate::volume_cache::VolumeCache,
 }
 
 impl ClusterCache {

@@ -6,17 +6,46 @@
 
 pub mod cache;
 pub mod framework;
+pub mod leader;
 pub mod plugins;
 pub mod profile;
 pub mod queue;
 pub mod scheduler;
+pub mod volume_cache;
 
 pub use profile::{SchedulerConfiguration, DEFAULT_SCHEDULER_NAME};
 pub use scheduler::Scheduler;
 
-/// Runs the scheduler with `config` until the task is dropped.
-pub async fn run(client: kube::Client, config: SchedulerConfiguration) -> anyhow::Result<()> {
+/// Runs the scheduler with `config` until the task is dropped. With
+/// `leader_elect`, only the holder of the Lease `kube-system/<name>`
+/// schedules (`kube-scheduler` for a default-scheduler profile, else the
+/// first profile's name), so several instances can run side by side.
+pub async fn run(
+    client: kube::Client,
+    config: SchedulerConfiguration,
+    leader_elect: bool,
+) -> anyhow::Result<()> {
     let profiles = config.profiles()?;
-    tracing::info!(profiles = ?profiles.keys().collect::<Vec<_>>(), "scheduler starting");
-    Scheduler::new(client, profiles).run().await
+    let mut names: Vec<&String> = profiles.keys().collect();
+    names.sort();
+    tracing::info!(profiles = ?names, "scheduler starting");
+    let lease = if profiles.contains_key(DEFAULT_SCHEDULER_NAME) {
+        "kube-scheduler".to_owned()
+    } else {
+        names
+            .first()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "kube-scheduler".into())
+    };
+    let scheduler = Scheduler::new(client.clone(), profiles);
+    if leader_elect {
+        leader::run_as_leader(
+            client,
+            leader::LeaderElectionConfig::new(&lease),
+            scheduler.run(),
+        )
+        .await
+    } else {
+        scheduler.run().await
+    }
 }

@@ -20,8 +20,12 @@ use crate::plugins::{
     node_ports::{self, NodePorts},
     node_resources_fit::{self, NodeResourcesFit, ScoringStrategy},
     node_unschedulable::{self, NodeUnschedulable},
+    node_volume_limits::{self, NodeVolumeLimits},
     pod_topology_spread::{self, PodTopologySpread},
     taint_toleration::{self, TaintToleration},
+    volume_binding::{self, VolumeBinding},
+    volume_restrictions::{self, VolumeRestrictions},
+    volume_zone::{self, VolumeZone},
 };
 
 pub const DEFAULT_SCHEDULER_NAME: &str = "default-scheduler";
@@ -48,6 +52,10 @@ const DEFAULTS: &[(&str, i64)] = &[
     (node_affinity::NAME, 2),
     (node_ports::NAME, 0),
     (node_resources_fit::NAME, 1),
+    (volume_restrictions::NAME, 0),
+    (node_volume_limits::NAME, 0),
+    (volume_binding::NAME, 0),
+    (volume_zone::NAME, 0),
     (pod_topology_spread::NAME, 2),
     (inter_pod_affinity::NAME, 2),
     (default_preemption::NAME, 0),
@@ -190,6 +198,28 @@ fn registration(name: &str, strategy: ScoringStrategy) -> Registration {
             score: Some(Arc::new(NodeResourcesFit { strategy })),
             ..Default::default()
         },
+        n if n == volume_restrictions::NAME => Registration {
+            pre_filter: Some(Arc::new(VolumeRestrictions)),
+            filter: Some(Arc::new(VolumeRestrictions)),
+            ..Default::default()
+        },
+        n if n == node_volume_limits::NAME => Registration {
+            pre_filter: Some(Arc::new(NodeVolumeLimits)),
+            filter: Some(Arc::new(NodeVolumeLimits)),
+            ..Default::default()
+        },
+        // Filtering only: binding is left to the PV controller (see the
+        // plugin's docs).
+        n if n == volume_binding::NAME => Registration {
+            pre_filter: Some(Arc::new(VolumeBinding)),
+            filter: Some(Arc::new(VolumeBinding)),
+            ..Default::default()
+        },
+        n if n == volume_zone::NAME => Registration {
+            pre_filter: Some(Arc::new(VolumeZone)),
+            filter: Some(Arc::new(VolumeZone)),
+            ..Default::default()
+        },
         n if n == pod_topology_spread::NAME => Registration {
             pre_filter: Some(Arc::new(PodTopologySpread)),
             filter: Some(Arc::new(PodTopologySpread)),
@@ -319,7 +349,8 @@ mod tests {
     fn the_default_profile_has_every_plugin() {
         let profiles = SchedulerConfiguration::default().profiles().unwrap();
         let p = &profiles[DEFAULT_SCHEDULER_NAME];
-        assert_eq!(p.filters.len(), 8);
+        assert_eq!(p.filters.len(), 12);
+        assert_eq!(p.pre_filters.len(), 6);
         assert_eq!(p.scores.len(), 7);
         assert_eq!(p.post_filters.len(), 1);
         let taint = p

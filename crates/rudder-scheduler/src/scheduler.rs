@@ -6,7 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::{CSINode, StorageClass};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::Client;
@@ -20,6 +21,7 @@ use crate::framework::{
 };
 use crate::profile::Profile;
 use crate::queue::SchedulingQueue;
+use crate::volume_cache::VolumeObject;
 
 /// Bindings in flight at once.
 const MAX_BINDINGS_IN_FLIGHT: usize = 256;
@@ -210,10 +212,24 @@ impl Scheduler {
     pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
         let nodes = tokio::spawn(self.clone().watch_nodes());
         let pods = tokio::spawn(self.clone().watch_pods());
+        let claims = tokio::spawn(
+            self.clone()
+                .watch_volumes::<PersistentVolumeClaim>("persistentvolumeclaim"),
+        );
+        let volumes = tokio::spawn(
+            self.clone()
+                .watch_volumes::<PersistentVolume>("persistentvolume"),
+        );
+        let classes = tokio::spawn(self.clone().watch_volumes::<StorageClass>("storageclass"));
+        let csi_nodes = tokio::spawn(self.clone().watch_volumes::<CSINode>("csinode"));
         let schedule = tokio::spawn(self.clone().schedule_loop());
         tokio::select! {
             r = nodes => r??,
             r = pods => r??,
+            r = claims => r??,
+            r = volumes => r??,
+            r = classes => r??,
+            r = csi_nodes => r??,
             r = schedule => r?,
         }
         Ok(())
@@ -262,6 +278,64 @@ impl Scheduler {
                 watcher::Event::Delete(node) => {
                     self.cache()
                         .remove_node(node.metadata.name.as_deref().unwrap_or(""));
+                }
+            }
+        }
+    }
+
+    /// Keeps one kind of storage object in the volume cache. Any change may
+    /// make a waiting pod fit (a claim bound, a volume created, a CSINode
+    /// limit raised), so it sends the unschedulable pods back to the
+    /// active queue.
+    async fn watch_volumes<K>(self: Arc<Self>, kind: &'static str) -> anyhow::Result<()>
+    where
+        K: VolumeObject
+            + kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + 'static,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        loop {
+            let event = match stream.try_next().await {
+                Ok(Some(event)) => event,
+                Ok(None) => return Ok(()),
+                Err(err) => {
+                    tracing::warn!(kind, error = %err, "watch failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            match event {
+                watcher::Event::Init => seen.clear(),
+                watcher::Event::InitApply(mut object) => {
+                    object.meta_mut().managed_fields = None;
+                    seen.insert(object.cache_key());
+                    self.cache().volumes.upsert(object);
+                }
+                watcher::Event::InitDone => {
+                    let mut cache = self.cache();
+                    for key in cache.volumes.keys::<K>() {
+                        if !seen.contains(&key) {
+                            cache.volumes.remove::<K>(&key);
+                        }
+                    }
+                    drop(cache);
+                    self.queue.move_all_to_active();
+                }
+                watcher::Event::Apply(mut object) => {
+                    object.meta_mut().managed_fields = None;
+                    self.cache().volumes.upsert(object);
+                    self.queue.move_all_to_active();
+                }
+                watcher::Event::Delete(object) => {
+                    self.cache().volumes.remove::<K>(&object.cache_key());
+                    self.queue.move_all_to_active();
                 }
             }
         }
@@ -558,6 +632,41 @@ mod tests {
         assert_eq!(feasible_nodes_to_find(1000, 0), 420);
         assert_eq!(feasible_nodes_to_find(5000, 0), 500);
         assert_eq!(feasible_nodes_to_find(5000, 100), 5000);
+    }
+
+    #[test]
+    fn the_default_profile_follows_volumes() {
+        use crate::plugins::testing::{pod_with_claims, pv_on, pvc, storage_class};
+        let profiles = SchedulerConfiguration::default().profiles().unwrap();
+        let profile = &profiles["default-scheduler"];
+        let mut c = cache(vec![
+            node("a", "4", "8Gi", json!({})),
+            node("b", "4", "8Gi", json!({})),
+        ]);
+        c.volumes
+            .upsert(storage_class("local", "WaitForFirstConsumer"));
+        c.volumes
+            .upsert(pvc("data", json!({"spec": {"storageClassName": "local"}})));
+        c.volumes.upsert(pv_on(
+            "local-b",
+            "kubernetes.io/hostname",
+            "b",
+            json!({"spec": {"storageClassName": "local"}}),
+        ));
+        let mut start = 0;
+        for _ in 0..4 {
+            assert!(matches!(
+                schedule_one(profile, &c, &pod_with_claims("p", &["data"]), &mut start, 7),
+                Decision::Node(n) if n == "b"
+            ));
+        }
+        match schedule_one(profile, &c, &pod_with_claims("q", &["nope"]), &mut start, 7) {
+            Decision::Unschedulable { message, .. } => assert_eq!(
+                message,
+                "0/2 nodes are available: 2 persistentvolumeclaim \"nope\" not found."
+            ),
+            Decision::Node(n) => panic!("placed on {n}"),
+        }
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub struct SchedulerArgs {
     /// A KubeSchedulerConfiguration file: profiles, plugins, weights.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Elect a leader on a Lease, so several instances can run and one
+    /// schedules (`--leader-elect=false` to turn it off).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
 }
 
 /// Reads `--config`, or the default single profile.
@@ -53,7 +57,7 @@ pub async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     let config = scheduler_config(args.config.as_deref())?;
     let client = client_from(args.kubeconfig.as_deref()).await?;
     tokio::select! {
-        result = rudder_scheduler::run(client, config) => result,
+        result = rudder_scheduler::run(client, config, args.leader_elect) => result,
         _ = crate::server::shutdown_signal() => Ok(()),
     }
 }

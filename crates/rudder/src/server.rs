@@ -96,7 +96,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let config = crate::client::scheduler_config(args.scheduler_config.as_deref())?;
         let client = crate::client::client_from(Some(&kubeconfig)).await?;
         tokio::spawn(async move {
-            if let Err(err) = rudder_scheduler::run(client, config).await {
+            if let Err(err) = rudder_scheduler::run(client, config, true).await {
                 tracing::error!(error = %err, "the scheduler stopped");
             }
         });

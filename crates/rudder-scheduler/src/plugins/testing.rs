@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::{CSINode, StorageClass};
 use serde_json::{json, Value};
 
 use crate::cache::{ClusterCache, NodeInfo, PodInfo};
@@ -67,4 +68,74 @@ pub fn cache(nodes: Vec<Node>) -> ClusterCache {
         cache.upsert_node(n);
     }
     cache
+}
+
+/// A claim in `default`, with `extra` merged in (e.g. a `spec`).
+pub fn pvc(name: &str, extra: Value) -> PersistentVolumeClaim {
+    let mut c = json!({
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    });
+    merge(&mut c, &extra);
+    serde_json::from_value(c).unwrap()
+}
+
+/// A claim bound to volume `pv`.
+pub fn bound_pvc(name: &str, pv: &str) -> PersistentVolumeClaim {
+    pvc(
+        name,
+        json!({"spec": {"volumeName": pv}, "status": {"phase": "Bound"}}),
+    )
+}
+
+/// An Available volume of 1Gi, ReadWriteOnce, with `extra` merged in.
+pub fn pv(name: &str, extra: Value) -> PersistentVolume {
+    let mut v = json!({
+        "metadata": {"name": name},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"]},
+        "status": {"phase": "Available"}
+    });
+    merge(&mut v, &extra);
+    serde_json::from_value(v).unwrap()
+}
+
+/// A volume only nodes with `key=value` can reach.
+pub fn pv_on(name: &str, key: &str, value: &str, extra: Value) -> PersistentVolume {
+    let mut extra = extra;
+    merge(
+        &mut extra,
+        &json!({"spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": key, "operator": "In", "values": [value]}]}]}}}}),
+    );
+    pv(name, extra)
+}
+
+/// A StorageClass with a binding mode (`Immediate`, `WaitForFirstConsumer`).
+pub fn storage_class(name: &str, mode: &str) -> StorageClass {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "provisioner": "kubernetes.io/no-provisioner",
+        "volumeBindingMode": mode
+    }))
+    .unwrap()
+}
+
+/// A CSINode for node `name` with (driver, allocatable count) pairs.
+pub fn csi_node(name: &str, drivers: &[(&str, i32)]) -> CSINode {
+    let drivers: Vec<Value> = drivers
+        .iter()
+        .map(|(d, n)| json!({"name": d, "nodeID": name, "allocatable": {"count": n}}))
+        .collect();
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"drivers": drivers}}))
+        .unwrap()
+}
+
+/// A pod using the claims, one volume each.
+pub fn pod_with_claims(name: &str, claims: &[&str]) -> Arc<PodInfo> {
+    let volumes: Vec<Value> = claims
+        .iter()
+        .enumerate()
+        .map(|(i, c)| json!({"name": format!("v{i}"), "persistentVolumeClaim": {"claimName": c}}))
+        .collect();
+    pod(name, json!({"volumes": volumes}))
 }
