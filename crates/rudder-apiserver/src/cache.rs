@@ -16,7 +16,7 @@ use crate::rest::decode;
 /// Recent events kept for watches that resume from a resourceVersion.
 const HISTORY: usize = 10_000;
 /// Events buffered per watcher before it is considered too slow.
-const FANOUT_BUFFER: usize = 4_096;
+const FANOUT_BUFFER: usize = 16_384;
 
 /// One change, decoded once for every watcher.
 #[derive(Debug)]

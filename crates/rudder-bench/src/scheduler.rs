@@ -133,58 +133,67 @@ where
 /// graceful deletions (the node agent's part), which preemption needs.
 async fn watch_bindings(client: Client, expected: usize) -> anyhow::Result<(Duration, Vec<usize>)> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let rv = pods
+    let mut rv = pods
         .list(&ListParams::default().limit(1))
         .await?
         .metadata
         .resource_version
         .unwrap_or_default();
-    let mut stream = pods
-        .watch(&WatchParams::default().timeout(290), &rv)
-        .await?
-        .boxed();
     let mut bound = std::collections::HashSet::new();
     let mut buckets = Vec::new();
     let mut first: Option<Instant> = None;
     let mut last = Instant::now();
-    while bound.len() < expected {
-        let Some(event) = tokio::time::timeout(Duration::from_secs(120), stream.try_next())
-            .await
-            .context("no binding for 120 s")??
-        else {
-            bail!("the watch ended after {} bindings", bound.len());
-        };
-        let pod = match event {
-            WatchEvent::Added(p) | WatchEvent::Modified(p) => p,
-            _ => continue,
-        };
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        if pod.metadata.deletion_timestamp.is_some() {
-            let pods = pods.clone();
-            tokio::spawn(async move {
-                pods.delete(&name, &DeleteParams::default().grace_period(0))
-                    .await
-            });
-            continue;
-        }
-        if !name.starts_with("measured-")
-            || pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.as_ref())
-                .is_none()
-        {
-            continue;
-        }
-        if bound.insert(name) {
-            let now = Instant::now();
-            let start = *first.get_or_insert(now);
-            let bucket = now.duration_since(start).as_secs() as usize;
-            if buckets.len() <= bucket {
-                buckets.resize(bucket + 1, 0);
+    // A watch the server closes (a timeout, a slow watcher) is resumed from
+    // the last resourceVersion seen.
+    'watch: while bound.len() < expected {
+        let mut stream = pods
+            .watch(&WatchParams::default().timeout(290), &rv)
+            .await?
+            .boxed();
+        while bound.len() < expected {
+            let next = tokio::time::timeout(Duration::from_secs(120), stream.try_next())
+                .await
+                .context("no binding for 120 s")?;
+            let pod = match next {
+                Ok(Some(WatchEvent::Added(p) | WatchEvent::Modified(p))) => p,
+                Ok(Some(WatchEvent::Bookmark(b))) => {
+                    rv = b.metadata.resource_version;
+                    continue;
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => continue 'watch,
+            };
+            if let Some(v) = &pod.metadata.resource_version {
+                rv = v.clone();
             }
-            buckets[bucket] += 1;
-            last = now;
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            if pod.metadata.deletion_timestamp.is_some() {
+                let pods = pods.clone();
+                tokio::spawn(async move {
+                    pods.delete(&name, &DeleteParams::default().grace_period(0))
+                        .await
+                });
+                continue;
+            }
+            if !name.starts_with("measured-")
+                || pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_ref())
+                    .is_none()
+            {
+                continue;
+            }
+            if bound.insert(name) {
+                let now = Instant::now();
+                let start = *first.get_or_insert(now);
+                let bucket = now.duration_since(start).as_secs() as usize;
+                if buckets.len() <= bucket {
+                    buckets.resize(bucket + 1, 0);
+                }
+                buckets[bucket] += 1;
+                last = now;
+            }
         }
     }
     Ok((last.duration_since(first.unwrap_or(last)), buckets))

@@ -306,9 +306,71 @@ pub struct ClusterCache {
     /// Claims, volumes, storage classes and CSINodes, for the volume
     /// plugins.
     pub volumes: crate::volume_cache::VolumeCache,
+    /// Pods that preempted others and wait for room on a node: node →
+    /// pods. Others of no higher priority must leave that room to them.
+    nominated: HashMap<String, Vec<Arc<PodInfo>>>,
+    nominated_node: HashMap<String, String>,
 }
 
 impl ClusterCache {
+    /// Records that `pod` waits for room on `node` (after preempting).
+    pub fn nominate(&mut self, pod: Arc<PodInfo>, node: &str) {
+        self.clear_nomination(&pod.uid);
+        self.nominated_node.insert(pod.uid.clone(), node.to_owned());
+        self.nominated.entry(node.to_owned()).or_default().push(pod);
+    }
+
+    pub fn clear_nomination(&mut self, uid: &str) {
+        if let Some(node) = self.nominated_node.remove(uid) {
+            if let Some(list) = self.nominated.get_mut(&node) {
+                list.retain(|p| p.uid != uid);
+                if list.is_empty() {
+                    self.nominated.remove(&node);
+                }
+            }
+        }
+    }
+
+    /// The node a pod was nominated for, if any.
+    pub fn nomination_of(&self, uid: &str) -> Option<&str> {
+        self.nominated_node.get(uid).map(String::as_str)
+    }
+
+    /// `node` as `pod` must see it: with the pods nominated there that
+    /// `pod` may not push aside (same or higher priority) counted in.
+    pub fn node_for<'a>(
+        &'a self,
+        node: &'a NodeInfo,
+        pod: &PodInfo,
+    ) -> std::borrow::Cow<'a, NodeInfo> {
+        let waiting: Vec<&Arc<PodInfo>> = self
+            .nominated
+            .get(&node.name)
+            .map(|list| {
+                list.iter()
+                    .filter(|p| p.uid != pod.uid && p.priority >= pod.priority)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if waiting.is_empty() {
+            return std::borrow::Cow::Borrowed(node);
+        }
+        let mut with = node.clone();
+        for p in waiting {
+            with.add_pod(p.clone());
+        }
+        std::borrow::Cow::Owned(with)
+    }
+
+    /// Whether lower-priority pods on `node` are already terminating, so a
+    /// preemptor nominated there should wait instead of preempting again.
+    pub fn victims_terminating(&self, node: &str, priority: i32) -> bool {
+        self.nodes.get(node).is_some_and(|n| {
+            n.pods
+                .iter()
+                .any(|p| p.priority < priority && p.pod.metadata.deletion_timestamp.is_some())
+        })
+    }
     pub fn upsert_node(&mut self, node: Node) {
         let name = node.metadata.name.clone().unwrap_or_default();
         let node = Arc::new(node);

@@ -101,6 +101,25 @@ pub fn schedule_one(
         .filter(|f| !skipped_filters.contains(f.name()))
         .map(|f| f.as_ref())
         .collect();
+    let run_filters = |node: &NodeInfo| -> Status {
+        let node = cache.node_for(node, pod);
+        for filter in &filters {
+            let status = filter.filter(&state, pod, &node);
+            if !status.is_success() {
+                return status;
+            }
+        }
+        Status::success()
+    };
+    // A pod that preempted goes to its nominated node when it fits there.
+    if let Some(nominated) = cache
+        .nomination_of(&pod.uid)
+        .and_then(|n| cache.nodes.get(n))
+    {
+        if run_filters(nominated).is_success() {
+            return Decision::Node(nominated.name.clone());
+        }
+    }
     let want = feasible_nodes_to_find(total, profile.percentage_of_nodes_to_score);
     let mut feasible: Vec<&NodeInfo> = Vec::with_capacity(want.min(total));
     let mut examined = 0;
@@ -110,14 +129,7 @@ pub fn schedule_one(
         let Some(node) = cache.nodes.get(name) else {
             continue;
         };
-        let mut verdict = Status::success();
-        for filter in &filters {
-            let status = filter.filter(&state, pod, node);
-            if !status.is_success() {
-                verdict = status;
-                break;
-            }
-        }
+        let verdict = run_filters(node);
         if verdict.is_success() {
             feasible.push(node);
         } else {
@@ -132,10 +144,19 @@ pub fn schedule_one(
             profile.pre_filters.iter().map(|p| p.as_ref()).collect();
         let all_filters: Vec<&dyn FilterPlugin> =
             profile.filters.iter().map(|f| f.as_ref()).collect();
-        let nomination = profile
-            .post_filters
-            .iter()
-            .find_map(|p| p.post_filter(pod, cache, &statuses, &all_filters, &pre_filters));
+        // A preemptor whose victims are still terminating waits for them
+        // rather than evicting more.
+        let waiting = cache
+            .nomination_of(&pod.uid)
+            .is_some_and(|n| cache.victims_terminating(n, pod.priority));
+        let nomination = if waiting {
+            None
+        } else {
+            profile
+                .post_filters
+                .iter()
+                .find_map(|p| p.post_filter(pod, cache, &statuses, &all_filters, &pre_filters))
+        };
         return Decision::Unschedulable {
             message: unschedulable_message(total, &statuses),
             nomination,
@@ -395,6 +416,7 @@ impl Scheduler {
         match spec.node_name.as_deref().filter(|n| !n.is_empty()) {
             Some(node) => {
                 self.queue.remove(&info.key);
+                self.cache().clear_nomination(&info.uid);
                 if finished {
                     self.cache().remove_pod(&info.uid);
                     self.queue.move_all_to_active();
@@ -412,6 +434,7 @@ impl Scheduler {
                 let deleting = info.pod.metadata.deletion_timestamp.is_some();
                 if !ours || deleting || finished {
                     self.queue.remove(&info.key);
+                    self.cache().clear_nomination(&info.uid);
                 } else if !self.cache().is_assumed_or_bound(&info.uid) {
                     self.queue.add_or_update(info);
                 }
@@ -422,7 +445,10 @@ impl Scheduler {
     fn on_pod_gone(&self, uid: &str, key: &str, known: &mut HashMap<String, String>) {
         known.remove(uid);
         self.queue.remove(key);
-        self.cache().remove_pod(uid);
+        let mut cache = self.cache();
+        cache.remove_pod(uid);
+        cache.clear_nomination(uid);
+        drop(cache);
         // Room was freed.
         self.queue.move_all_to_active();
     }
@@ -471,6 +497,9 @@ impl Scheduler {
                     message,
                     nomination,
                 } => {
+                    if let Some(nomination) = &nomination {
+                        self.cache().nominate(pod.clone(), &nomination.node);
+                    }
                     self.queue.unschedulable(&pod.key);
                     let this = self.clone();
                     tokio::spawn(async move {

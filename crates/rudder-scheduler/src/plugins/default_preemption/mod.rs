@@ -76,7 +76,9 @@ impl PostFilterPlugin for DefaultPreemption {
             if candidates.is_empty() {
                 continue;
             }
-            let mut trial = node.clone();
+            // Pods already nominated here (of this pod's priority or more)
+            // keep their claim on the room.
+            let mut trial = cache.node_for(node, pod).into_owned();
             for victim in &candidates {
                 trial.remove_pod(&victim.uid);
             }
@@ -160,6 +162,26 @@ mod tests {
         let mid = prio("mid", "2", 1000);
         let nomination = preempt(&c, &mid).unwrap();
         assert_eq!(nomination.victims.len(), 1);
+    }
+
+    #[test]
+    fn a_node_nominated_to_another_preemptor_is_not_chosen_again() {
+        let mut c = cache(vec![
+            node("a", "4", "8Gi", json!({})),
+            node("b", "4", "8Gi", json!({})),
+        ]);
+        c.add_bound_pod(prio("a1", "4", 10), "a");
+        c.add_bound_pod(prio("b1", "4", 10), "b");
+        let first = prio("first", "4", 1000);
+        let nomination = preempt(&c, &first).unwrap();
+        assert_eq!(nomination.node, "a");
+        c.nominate(first, "a");
+        let second = prio("second", "4", 1000);
+        let nomination = preempt(&c, &second).unwrap();
+        assert_eq!(
+            nomination.node, "b",
+            "a's room is promised to the first preemptor"
+        );
     }
 
     #[test]
