@@ -10,8 +10,15 @@ use crate::ApiServer;
 
 impl ApiServer {
     /// Answers a discovery path, or `None` when the path is not one.
-    pub(crate) fn discovery(&self, path: &str) -> Option<Response> {
+    pub(crate) fn discovery(
+        &self,
+        path: &str,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<Response> {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if matches!(segments.as_slice(), ["api"] | ["apis"]) && wants_aggregated(headers) {
+            return Some(self.aggregated_discovery(segments[0] == "api"));
+        }
         let body = match segments.as_slice() {
             ["api"] => json!({
                 "kind": "APIVersions",
@@ -63,6 +70,47 @@ impl ApiServer {
             )
                 .into_response(),
         )
+    }
+
+    /// Aggregated discovery (`apidiscovery.k8s.io/v2`): every group,
+    /// version and resource in one document, which saves clients a request
+    /// per group version.
+    fn aggregated_discovery(&self, core: bool) -> Response {
+        let mut items = Vec::new();
+        for (group, versions) in self.registry().groups() {
+            if group.is_empty() != core {
+                continue;
+            }
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|version| {
+                    let resources: Vec<Value> = self
+                        .registry()
+                        .all()
+                        .into_iter()
+                        .filter(|r| r.group == group && &r.version == version)
+                        .map(|r| aggregated_resource(&r))
+                        .collect();
+                    json!({"version": version, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            items.push(json!({"metadata": {"name": group}, "versions": versions}));
+        }
+        let body = json!({
+            "kind": "APIGroupDiscoveryList",
+            "apiVersion": "apidiscovery.k8s.io/v2",
+            "metadata": {},
+            "items": items,
+        });
+        (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
+            )],
+            serde_json::to_vec(&body).unwrap_or_default(),
+        )
+            .into_response()
     }
 
     fn resource_list(&self, group: &str, version: &str) -> Option<Value> {
@@ -132,6 +180,68 @@ impl ApiServer {
     }
 }
 
+/// Whether the client offers to read aggregated discovery (kubectl does).
+fn wants_aggregated(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|part| {
+            let params: Vec<&str> = part.split(';').map(str::trim).collect();
+            params.contains(&"g=apidiscovery.k8s.io")
+                && params.contains(&"v=v2")
+                && params.contains(&"as=APIGroupDiscoveryList")
+        })
+}
+
+fn aggregated_resource(r: &ResourceInfo) -> Value {
+    let kind = |group: &str, version: &str, kind: &str| json!({"group": group, "version": version, "kind": kind});
+    let subresources: Vec<Value> = r
+        .subresources
+        .iter()
+        .map(|sub| {
+            let (response, verbs): (Value, &[&str]) = match sub.as_str() {
+                "status" => (
+                    kind(&r.group, &r.version, &r.kind),
+                    &["get", "patch", "update"],
+                ),
+                "scale" => (
+                    kind("autoscaling", "v1", "Scale"),
+                    &["get", "patch", "update"],
+                ),
+                "binding" => (kind("", "v1", "Binding"), &["create"]),
+                "eviction" => (kind("policy", "v1", "Eviction"), &["create"]),
+                "token" => (
+                    kind("authentication.k8s.io", "v1", "TokenRequest"),
+                    &["create"],
+                ),
+                "finalize" => (kind("", "v1", "Namespace"), &["update"]),
+                "log" => (kind("", "v1", "Pod"), &["get"]),
+                _ => (kind("", "", ""), &["create", "get"]),
+            };
+            json!({"subresource": sub, "responseKind": response, "verbs": verbs})
+        })
+        .collect();
+    let mut entry = json!({
+        "resource": r.plural,
+        "responseKind": kind(&r.group, &r.version, &r.kind),
+        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": r.singular,
+        "verbs": r.verbs,
+    });
+    if !r.short_names.is_empty() {
+        entry["shortNames"] = json!(r.short_names);
+    }
+    if !r.categories.is_empty() {
+        entry["categories"] = json!(r.categories);
+    }
+    if !subresources.is_empty() {
+        entry["subresources"] = json!(subresources);
+    }
+    entry
+}
+
 fn group_document(group: &str, versions: &[String]) -> Value {
     let versions: Vec<Value> = versions
         .iter()
@@ -142,4 +252,41 @@ fn group_document(group: &str, versions: &[String]) -> Value {
         "versions": versions,
         "preferredVersion": versions.first().cloned().unwrap_or(Value::Null),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{header, HeaderMap};
+
+    #[test]
+    fn kubectl_asks_for_aggregated_discovery() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCEPT,
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"
+                .parse()
+                .unwrap(),
+        );
+        assert!(wants_aggregated(&headers));
+        headers.insert(header::ACCEPT, "application/json".parse().unwrap());
+        assert!(!wants_aggregated(&headers));
+    }
+
+    #[test]
+    fn aggregated_entries_carry_scope_and_subresources() {
+        let registry = crate::registry::Registry::with_builtins();
+        let deployments = registry.get("apps", "v1", "deployments").unwrap();
+        let entry = aggregated_resource(&deployments);
+        assert_eq!(entry["scope"], "Namespaced");
+        assert_eq!(entry["responseKind"]["kind"], "Deployment");
+        assert_eq!(entry["shortNames"][0], "deploy");
+        let scale = entry["subresources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["subresource"] == "scale")
+            .unwrap();
+        assert_eq!(scale["responseKind"]["kind"], "Scale");
+    }
 }

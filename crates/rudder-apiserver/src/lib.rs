@@ -137,7 +137,7 @@ async fn dispatch(State(server): State<ApiServer>, request: Request<Body>) -> Re
     let path = parts.uri.path().to_owned();
     let result = async {
         if parts.method == axum::http::Method::GET {
-            if let Some(response) = server.discovery(&path) {
+            if let Some(response) = server.discovery(&path, &parts.headers) {
                 return Ok(response);
             }
             if let Some(response) = server.openapi_document(&path) {
