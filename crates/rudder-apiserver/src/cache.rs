@@ -122,7 +122,11 @@ impl ResourceCache {
 
     async fn wait_ready(&self) {
         loop {
+            // Register for the wake-up before looking, or a notification
+            // sent in between would be missed and this would wait forever.
             let notified = self.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             if self.state.read().unwrap_or_else(|e| e.into_inner()).ready {
                 return;
             }

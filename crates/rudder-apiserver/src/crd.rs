@@ -80,19 +80,10 @@ fn resources_of(crd: &Value) -> Vec<(ResourceInfo, Option<Value>)> {
             short_names: strings(&names["shortNames"]),
             categories: strings(&names["categories"]),
             subresources,
-            verbs: [
-                "create",
-                "delete",
-                "deletecollection",
-                "get",
-                "list",
-                "patch",
-                "update",
-                "watch",
-            ]
-            .iter()
-            .map(|v| v.to_string())
-            .collect(),
+            verbs: crate::registry::ALL_VERBS
+                .iter()
+                .map(|v| v.to_string())
+                .collect(),
             printer_columns,
             custom: true,
         };

@@ -55,6 +55,9 @@ struct Inner {
     /// The resources CRDs serve now.
     custom: std::sync::Mutex<crd::CustomSet>,
     caches: cache::WatchCaches,
+    /// Set when the server shuts down: open watches end, so the graceful
+    /// shutdown does not wait for their clients.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl ApiServer {
@@ -71,6 +74,7 @@ impl ApiServer {
                 openapi: std::sync::RwLock::new(Arc::new(openapi)),
                 custom: std::sync::Mutex::new(Default::default()),
                 caches: cache::WatchCaches::default(),
+                closing: tokio::sync::watch::channel(false).0,
             }),
         }
     }
@@ -89,6 +93,12 @@ impl ApiServer {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Resolves when the server starts shutting down.
+    pub(crate) async fn closing(&self) {
+        let mut closing = self.inner.closing.subscribe();
+        let _ = closing.wait_for(|c| *c).await;
     }
 
     pub(crate) fn caches(&self) -> &cache::WatchCaches {

@@ -190,7 +190,8 @@ fn version_priority(version: &str) -> (u8, u32, u32) {
     (level, major, minor)
 }
 
-const ALL_VERBS: &[&str] = &[
+/// The verbs of an ordinary resource.
+pub(crate) const ALL_VERBS: &[&str] = &[
     "create",
     "delete",
     "deletecollection",

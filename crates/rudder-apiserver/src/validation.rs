@@ -286,7 +286,7 @@ impl Validator {
                 match c.get("name").and_then(Value::as_str) {
                     None | Some("") => self.push(FieldCause::required(format!("{path}.name"), "")),
                     Some(name) => {
-                        if !is_dns_label(name) {
+                        if !crate::object::is_dns_label(name) {
                             self.push(FieldCause::invalid(format!("{path}.name"), name, "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"));
                         }
                         if !names.insert(name.to_owned()) {
@@ -598,15 +598,6 @@ impl Validator {
             }
         }
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 /// Checks a cron schedule: five fields, or a predefined `@` schedule.

@@ -120,6 +120,7 @@ impl ApiServer {
                 _ = server.run_watch(&request, &tx) => {}
                 _ = &mut deadline => {}
                 _ = tx.closed() => {}
+                _ = server.closing() => {}
             }
         });
         let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));

@@ -83,7 +83,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .bootstrap()
         .await
         .context("creating the system namespaces")?;
-    let serving = tokio::spawn(server.serve(listener, shutdown_signal()));
+    let (stopping, mut stopping_rx) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown_signal().await;
+        stopping.send_replace(true);
+    };
+    let serving = tokio::spawn(server.clone().serve(listener, signal));
 
     let kubeconfig = args.data_dir.join("kubeconfig.yaml");
     crate::kubeconfig::write(
@@ -102,7 +107,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         });
     }
 
-    serving.await.context("the API server task failed")??;
+    // Requests in flight get a few seconds to finish after SIGTERM; clients
+    // that keep connections busy (a watch re-opened at once) do not hold
+    // the process up longer than that.
+    let drain = async {
+        let _ = stopping_rx.wait_for(|s| *s).await;
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    };
+    tokio::select! {
+        served = serving => served.context("the API server task failed")??,
+        _ = drain => tracing::warn!("connections still open 5 s after the shutdown began; stopping anyway"),
+    }
     tracing::info!("stopped");
     Ok(())
 }
