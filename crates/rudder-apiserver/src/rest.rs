@@ -871,31 +871,19 @@ impl ApiServer {
                     ));
                 }
             }
+            // Objects that go in steps are only marked for deletion here:
+            // (deletionTimestamp, deletionGracePeriodSeconds, answer).
             let is_namespace = info.group.is_empty() && info.plural == "namespaces";
-            if is_namespace {
+            let marking = if is_namespace {
                 // A namespace is emptied before it goes: deletion marks it
                 // Terminating, and the namespace controller removes its
                 // contents and then the namespace (kube's two-step delete).
                 if meta(&obj).contains_key("deletionTimestamp") {
                     return Ok((obj, StatusCode::OK));
                 }
-                meta_mut(&mut obj).insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
-                meta_mut(&mut obj).insert("deletionGracePeriodSeconds".into(), json!(0));
                 obj["status"]["phase"] = json!("Terminating");
-                if options.dry_run {
-                    return Ok((obj, StatusCode::OK));
-                }
-                match self.store().update(&key, encode(&obj)?, rev).await {
-                    Ok(new_rev) => {
-                        meta_mut(&mut obj)
-                            .insert("resourceVersion".into(), json!(new_rev.to_string()));
-                        return Ok((obj, StatusCode::OK));
-                    }
-                    Err(StoreError::Conflict { .. }) => continue,
-                    Err(e) => return Err(ApiError::from_store(e, info, name)),
-                }
-            }
-            if let Some(grace) = graceful_pod_deletion(info, &obj, options) {
+                Some((object::now_rfc3339(), 0, StatusCode::OK))
+            } else if let Some(grace) = graceful_pod_deletion(info, &obj, options) {
                 // A pod on a node stops gracefully: its node agent kills the
                 // containers within the grace period and then deletes it
                 // for good (with a grace period of 0).
@@ -907,38 +895,26 @@ impl ApiServer {
                 }
                 let deadline =
                     std::time::SystemTime::now() + std::time::Duration::from_secs(grace as u64);
-                meta_mut(&mut obj).insert(
-                    "deletionTimestamp".into(),
-                    json!(object::format_rfc3339(deadline)),
-                );
-                meta_mut(&mut obj).insert("deletionGracePeriodSeconds".into(), json!(grace));
-                if options.dry_run {
-                    return Ok((obj, StatusCode::OK));
-                }
-                match self.store().update(&key, encode(&obj)?, rev).await {
-                    Ok(new_rev) => {
-                        meta_mut(&mut obj)
-                            .insert("resourceVersion".into(), json!(new_rev.to_string()));
-                        return Ok((obj, StatusCode::OK));
-                    }
-                    Err(StoreError::Conflict { .. }) => continue,
-                    Err(e) => return Err(ApiError::from_store(e, info, name)),
-                }
-            }
-            if !object::finalizers(&obj).is_empty() {
+                Some((object::format_rfc3339(deadline), grace, StatusCode::OK))
+            } else if !object::finalizers(&obj).is_empty() {
                 if meta(&obj).contains_key("deletionTimestamp") {
                     return Ok((obj, StatusCode::ACCEPTED));
                 }
-                meta_mut(&mut obj).insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
-                meta_mut(&mut obj).insert("deletionGracePeriodSeconds".into(), json!(0));
+                Some((object::now_rfc3339(), 0, StatusCode::ACCEPTED))
+            } else {
+                None
+            };
+            if let Some((timestamp, grace, code)) = marking {
+                meta_mut(&mut obj).insert("deletionTimestamp".into(), json!(timestamp));
+                meta_mut(&mut obj).insert("deletionGracePeriodSeconds".into(), json!(grace));
                 if options.dry_run {
-                    return Ok((obj, StatusCode::ACCEPTED));
+                    return Ok((obj, code));
                 }
                 match self.store().update(&key, encode(&obj)?, rev).await {
                     Ok(new_rev) => {
                         meta_mut(&mut obj)
                             .insert("resourceVersion".into(), json!(new_rev.to_string()));
-                        return Ok((obj, StatusCode::ACCEPTED));
+                        return Ok((obj, code));
                     }
                     Err(StoreError::Conflict { .. }) => continue,
                     Err(e) => return Err(ApiError::from_store(e, info, name)),
