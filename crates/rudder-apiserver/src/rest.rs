@@ -128,6 +128,9 @@ impl ApiServer {
             (&Method::PUT, true, None | Some("status")) => {
                 self.update(path, query, &body, manager).await
             }
+            (&Method::PUT, true, Some("finalize")) => {
+                self.finalize_namespace(path, query, &body, manager).await
+            }
             (&Method::PUT, true, Some("scale")) => {
                 self.update_scale(path, query, &body, manager).await
             }
@@ -569,6 +572,54 @@ impl ApiServer {
         Ok(json_response_warning(StatusCode::OK, &updated, &warnings))
     }
 
+    /// `namespaces/NAME/finalize`: replaces the namespace's
+    /// `spec.finalizers` and nothing else. The namespace controller calls
+    /// it once the namespace is empty; with no finalizer left, a
+    /// terminating namespace is gone.
+    async fn finalize_namespace(
+        &self,
+        path: ResourcePath,
+        query: Query,
+        body: &[u8],
+        manager: &str,
+    ) -> ApiResult {
+        let info = path.info.clone();
+        let name = path.name.clone().unwrap_or_default();
+        let body = parse_object(body)?;
+        let finalizers = body
+            .pointer("/spec/finalizers")
+            .cloned()
+            .unwrap_or_else(|| json!([]));
+        if !finalizers.is_array() {
+            return Err(ApiError::BadRequest(
+                "spec.finalizers must be a list of strings".into(),
+            ));
+        }
+        for _ in 0..16 {
+            let (current, rev) = self.read_object(&info, None, &name).await?;
+            let mut new = current.clone();
+            new["spec"]["finalizers"] = finalizers.clone();
+            match self
+                .write_update(
+                    &info,
+                    &path,
+                    current,
+                    rev,
+                    new,
+                    false,
+                    query.dry_run()?,
+                    Some(manager),
+                )
+                .await
+            {
+                Ok(updated) => return Ok(json_response(StatusCode::OK, &updated)),
+                Err(ApiError::Conflict(..)) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Err(ApiError::modified(&info, &name))
+    }
+
     /// Merges `new` onto `current` per the update's kind (main resource or
     /// status), validates and writes it with compare-and-swap on `rev`.
     /// Returns the object as stored.
@@ -643,7 +694,15 @@ impl ApiServer {
         if !causes.is_empty() {
             return Err(ApiError::invalid(info, &name, causes));
         }
-        let causes = crate::validation::validate(info, &new, Some(&current));
+        let causes = if path.subresource.as_deref() == Some("finalize") {
+            // The finalize subresource is the one way to change a
+            // namespace's spec.finalizers.
+            let mut before = current.clone();
+            before["spec"]["finalizers"] = new["spec"]["finalizers"].clone();
+            crate::validation::validate(info, &new, Some(&before))
+        } else {
+            crate::validation::validate(info, &new, Some(&current))
+        };
         if !causes.is_empty() {
             return Err(ApiError::invalid(info, &name, causes));
         }
@@ -672,7 +731,13 @@ impl ApiServer {
             return Ok(current);
         }
         let key = info.key(path.namespace.as_deref(), &name);
-        if old_meta.contains_key("deletionTimestamp") && object::finalizers(&new).is_empty() {
+        let is_namespace = info.group.is_empty() && info.plural == "namespaces";
+        let released = if is_namespace {
+            !namespace_held(&new)
+        } else {
+            object::finalizers(&new).is_empty()
+        };
+        if old_meta.contains_key("deletionTimestamp") && released {
             // The last finalizer is gone: the deletion completes.
             if !dry_run {
                 self.store()
@@ -874,12 +939,29 @@ impl ApiServer {
             // Objects that go in steps are only marked for deletion here:
             // (deletionTimestamp, deletionGracePeriodSeconds, answer).
             let is_namespace = info.group.is_empty() && info.plural == "namespaces";
+            if !is_namespace && !meta(&obj).contains_key("deletionTimestamp") {
+                // Orphan and Foreground deletion hold the object with a
+                // finalizer that the garbage collector removes once it has
+                // released or deleted the dependents.
+                set_gc_finalizer(&mut obj, options.propagation_policy.as_deref());
+            }
             let marking = if is_namespace {
                 // A namespace is emptied before it goes: deletion marks it
                 // Terminating, and the namespace controller removes its
                 // contents and then the namespace (kube's two-step delete).
                 if meta(&obj).contains_key("deletionTimestamp") {
                     return Ok((obj, StatusCode::OK));
+                }
+                if !namespace_held(&obj) {
+                    // No finalizer holds it: it goes at once.
+                    if options.dry_run {
+                        return Ok((obj, StatusCode::OK));
+                    }
+                    match self.store().delete(&key, Some(rev)).await {
+                        Ok(_) => return Ok((obj, StatusCode::OK)),
+                        Err(StoreError::Conflict { .. }) => continue,
+                        Err(e) => return Err(ApiError::from_store(e, info, name)),
+                    }
                 }
                 obj["status"]["phase"] = json!("Terminating");
                 Some((object::now_rfc3339(), 0, StatusCode::OK))
@@ -1228,6 +1310,36 @@ fn graceful_pod_deletion(info: &ResourceInfo, pod: &Value, options: &DeleteOptio
     (grace > 0).then_some(grace)
 }
 
+/// Adds the finalizer that makes the garbage collector orphan
+/// (`orphan`) or first delete (`foregroundDeletion`) the object's
+/// dependents; Background deletion needs none.
+fn set_gc_finalizer(obj: &mut Value, policy: Option<&str>) {
+    let (add, remove) = match policy {
+        Some("Orphan") => ("orphan", "foregroundDeletion"),
+        Some("Foreground") => ("foregroundDeletion", "orphan"),
+        _ => return,
+    };
+    let finalizers = meta_mut(obj)
+        .entry("finalizers")
+        .or_insert_with(|| json!([]));
+    if let Some(list) = finalizers.as_array_mut() {
+        list.retain(|f| f != remove);
+        if !list.iter().any(|f| f == add) {
+            list.push(json!(add));
+        }
+    }
+}
+
+/// Whether a namespace still has finalizers (`spec.finalizers`, such as
+/// `kubernetes`, or metadata finalizers) that keep it while it empties.
+pub(crate) fn namespace_held(ns: &Value) -> bool {
+    let spec_held = ns
+        .pointer("/spec/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    spec_held || !object::finalizers(ns).is_empty()
+}
+
 /// `metav1.DeleteOptions`, from the body or the query.
 #[derive(Clone, Debug, Default)]
 pub struct DeleteOptions {
@@ -1272,6 +1384,11 @@ impl DeleteOptions {
                 .map(str::to_owned);
             if let Some(grace) = body.get("gracePeriodSeconds").and_then(Value::as_i64) {
                 options.grace_period_seconds = Some(grace);
+            }
+            if let Some(orphan) = body.get("orphanDependents").and_then(Value::as_bool) {
+                // The deprecated form of propagationPolicy.
+                options.propagation_policy =
+                    Some(if orphan { "Orphan" } else { "Background" }.to_owned());
             }
             if let Some(policy) = body.get("propagationPolicy").and_then(Value::as_str) {
                 options.propagation_policy = Some(policy.to_owned());

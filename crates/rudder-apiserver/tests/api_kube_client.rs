@@ -529,3 +529,83 @@ async fn pod_priority_comes_from_its_priority_class() {
         (Some(7), Some("everyone"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_and_foreground_deletion_leave_finalizers_for_the_collector() {
+    let server = sqlite_server().await;
+    let maps: Api<ConfigMap> = Api::namespaced(server.client.clone(), "default");
+    for name in ["orphan", "fore", "back"] {
+        maps.create(&PostParams::default(), &configmap(name, &[], &[]))
+            .await
+            .unwrap();
+    }
+    maps.delete("orphan", &DeleteParams::orphan())
+        .await
+        .unwrap();
+    let held = maps.get("orphan").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert_eq!(held.metadata.finalizers, Some(vec!["orphan".to_string()]));
+
+    maps.delete("fore", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    let held = maps.get("fore").await.unwrap();
+    assert_eq!(
+        held.metadata.finalizers,
+        Some(vec!["foregroundDeletion".to_string()])
+    );
+
+    maps.delete("back", &DeleteParams::background())
+        .await
+        .unwrap();
+    assert_eq!(api_error(maps.get("back").await.unwrap_err()).code, 404);
+
+    // The collector's removal of the finalizer completes the deletion.
+    maps.patch(
+        "orphan",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(api_error(maps.get("orphan").await.unwrap_err()).code, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminating_namespace_goes_when_its_finalizers_are_removed() {
+    let server = sqlite_server().await;
+    let namespaces: Api<Namespace> = Api::all(server.client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "doomed"}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    namespaces
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    let terminating = namespaces.get("doomed").await.unwrap();
+    assert_eq!(
+        terminating.status.unwrap().phase.as_deref(),
+        Some("Terminating")
+    );
+    // A label change does not complete the deletion: `kubernetes` holds it.
+    namespaces
+        .patch(
+            "doomed",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+        .unwrap();
+    assert!(namespaces.get("doomed").await.is_ok());
+    let finalize = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "doomed"}, "spec": {"finalizers": []}});
+    namespaces
+        .replace_subresource("finalize", "doomed", &PostParams::default(), &finalize)
+        .await
+        .unwrap();
+    assert_eq!(
+        api_error(namespaces.get("doomed").await.unwrap_err()).code,
+        404
+    );
+}

@@ -6,7 +6,6 @@
 
 pub mod cache;
 pub mod framework;
-pub mod leader;
 pub mod plugins;
 pub mod profile;
 pub mod queue;
@@ -39,9 +38,9 @@ pub async fn run(
     };
     let scheduler = Scheduler::new(client.clone(), profiles);
     if leader_elect {
-        leader::run_as_leader(
+        rudder_runtime::leader::run_as_leader(
             client,
-            leader::LeaderElectionConfig::new(&lease),
+            rudder_runtime::leader::LeaderElectionConfig::new(&lease),
             scheduler.run(),
         )
         .await
