@@ -1,0 +1,121 @@
+//! Rudder's controller manager: the control loops that turn declared
+//! state into running state (ReplicaSets into pods, Deployments into
+//! ReplicaSets, deleted owners into deleted dependents, …).
+//!
+//! Every controller is an API client built on the informer-and-work-queue
+//! pattern from [`rudder_runtime`]: shared informers cache the objects and
+//! turn changes into keys, workers reconcile one key at a time from the
+//! cache, and write only through the API. One module per controller, each
+//! with its tests against a real in-process API server.
+
+pub mod context;
+pub mod serviceaccount;
+pub mod util;
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+use std::collections::BTreeSet;
+
+use anyhow::Context as _;
+use futures::future::BoxFuture;
+use kube::Client;
+
+pub use context::Context;
+
+/// A controller: builds itself on the shared informers (registering its
+/// handlers), then runs until the process stops.
+type Starter = fn(&Context) -> BoxFuture<'static, anyhow::Result<()>>;
+
+/// Every controller by the name `--controllers` uses (kube-controller-
+/// manager's names where there is one).
+pub const CONTROLLERS: &[(&str, Starter)] = &[("serviceaccount", serviceaccount::start)];
+
+/// Which controllers run: `*` for all, `name` to add one, `-name` to
+/// leave one out (kube-controller-manager's `--controllers`).
+pub fn select(spec: &[String]) -> anyhow::Result<BTreeSet<&'static str>> {
+    let known: BTreeSet<&'static str> = CONTROLLERS.iter().map(|(n, _)| *n).collect();
+    let mut chosen = BTreeSet::new();
+    let spec: Vec<&str> = if spec.is_empty() {
+        vec!["*"]
+    } else {
+        spec.iter().map(String::as_str).collect()
+    };
+    for item in &spec {
+        if *item == "*" {
+            chosen.extend(known.iter().copied());
+        }
+    }
+    for item in spec {
+        if item == "*" {
+            continue;
+        }
+        let (remove, name) = match item.strip_prefix('-') {
+            Some(name) => (true, name),
+            None => (false, item),
+        };
+        let Some(name) = known.get(name).copied() else {
+            anyhow::bail!(
+                "unknown controller {name:?}; known: {}",
+                known.iter().copied().collect::<Vec<_>>().join(", ")
+            );
+        };
+        if remove {
+            chosen.remove(name);
+        } else {
+            chosen.insert(name);
+        }
+    }
+    Ok(chosen)
+}
+
+/// Runs the chosen controllers until one fails (they do not, normally:
+/// each retries its own errors).
+pub async fn run(client: Client, controllers: &BTreeSet<&'static str>) -> anyhow::Result<()> {
+    let ctx = Context::new(client);
+    let mut running = futures::stream::FuturesUnordered::new();
+    for (name, start) in CONTROLLERS {
+        if controllers.contains(name) {
+            let task = start(&ctx);
+            running.push(async move { task.await.with_context(|| format!("controller {name}")) });
+        }
+    }
+    ctx.informers.start();
+    tracing::info!(controllers = ?controllers, "controller manager started");
+    use futures::StreamExt;
+    while let Some(result) = running.next().await {
+        result?;
+    }
+    Ok(())
+}
+
+/// Runs the controllers while holding the Lease
+/// `kube-system/kube-controller-manager`, so several instances can run
+/// and one acts.
+pub async fn run_with_leader_election(
+    client: Client,
+    controllers: BTreeSet<&'static str>,
+) -> anyhow::Result<()> {
+    let config = rudder_runtime::leader::LeaderElectionConfig::new("kube-controller-manager");
+    rudder_runtime::leader::run_as_leader(client.clone(), config, async move {
+        run(client, &controllers).await
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controllers_are_chosen_like_kube_controller_manager() {
+        let all = select(&[]).unwrap();
+        assert_eq!(all.len(), CONTROLLERS.len());
+        let some = select(&["*".into(), "-serviceaccount".into()]).unwrap();
+        assert!(!some.contains("serviceaccount"));
+        assert_eq!(some.len(), CONTROLLERS.len() - 1);
+        let one = select(&["serviceaccount".into()]).unwrap();
+        assert_eq!(one.into_iter().collect::<Vec<_>>(), vec!["serviceaccount"]);
+        assert!(select(&["nope".into()]).is_err());
+    }
+}

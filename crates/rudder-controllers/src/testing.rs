@@ -1,0 +1,86 @@
+//! Test support: a real API server on a free port over a fresh SQLite
+//! store, and helpers to wait for conditions. Controllers under test run
+//! against it exactly as in production.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use rudder_apiserver::ApiServer;
+use rudder_store::{SqliteConfig, SqliteStore};
+
+use crate::Context;
+
+pub struct TestCluster {
+    pub client: Client,
+    pub ctx: Context,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// A server with its bootstrap objects (system namespaces, priority
+    /// classes) and a context whose informers are not started yet.
+    pub async fn start() -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(SqliteConfig::new(dir.path().join("state.db")))
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = ApiServer::new(Arc::new(store), addr.to_string());
+        server.bootstrap().await.unwrap();
+        tokio::spawn(server.serve(listener, std::future::pending()));
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        TestCluster {
+            ctx: Context::new(client.clone()),
+            client,
+            _dir: dir,
+        }
+    }
+
+    /// Starts the given controllers (by their `CONTROLLERS` names) in the
+    /// background, then the informers.
+    pub fn run_controllers(&self, names: &[&str]) {
+        for (name, start) in crate::CONTROLLERS {
+            if names.contains(name) {
+                let task = start(&self.ctx);
+                tokio::spawn(async move {
+                    if let Err(err) = task.await {
+                        panic!("controller {name} failed: {err:#}");
+                    }
+                });
+            }
+        }
+        self.ctx.informers.start();
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for up to 30 s;
+/// panics with `what` otherwise.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Creates a namespace.
+pub async fn namespace(client: &Client, name: &str) {
+    use k8s_openapi::api::core::v1::Namespace;
+    let api: kube::Api<Namespace> = kube::Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    api.create(&Default::default(), &ns).await.unwrap();
+}
