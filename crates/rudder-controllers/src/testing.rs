@@ -22,6 +22,14 @@ impl TestCluster {
     /// A server with its bootstrap objects (system namespaces, priority
     /// classes) and a context whose informers are not started yet.
     pub async fn start() -> TestCluster {
+        // RUDDER_LOG=debug shows the controllers' logs in failing tests.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("RUDDER_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(SqliteConfig::new(dir.path().join("state.db")))
             .await

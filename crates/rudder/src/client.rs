@@ -98,3 +98,34 @@ pub async fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
         _ = crate::server::shutdown_signal() => Ok(()),
     }
 }
+
+#[derive(Args, Debug)]
+pub struct ControllerManagerArgs {
+    /// The API server's kubeconfig (default: KUBECONFIG).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Controllers to run: `*` for all, `name` to add one, `-name` to
+    /// leave one out (comma-separated, as kube-controller-manager's flag).
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    controllers: Vec<String>,
+    /// Elect a leader on a Lease, so several instances can run and one
+    /// acts (`--leader-elect=false` to turn it off).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+}
+
+pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
+    let controllers = rudder_controllers::select(&args.controllers)?;
+    let client = client_from(args.kubeconfig.as_deref()).await?;
+    let run = async {
+        if args.leader_elect {
+            rudder_controllers::run_with_leader_election(client, controllers).await
+        } else {
+            rudder_controllers::run(client, &controllers).await
+        }
+    };
+    tokio::select! {
+        result = run => result,
+        _ = crate::server::shutdown_signal() => Ok(()),
+    }
+}

@@ -29,6 +29,8 @@ enum Command {
     Server(server::ServerArgs),
     /// Runs the scheduler on its own against an API server.
     Scheduler(client::SchedulerArgs),
+    /// Runs the controller manager on its own against an API server.
+    ControllerManager(client::ControllerManagerArgs),
     /// Registers simulated nodes and acts as their kubelet (like kwok).
     Simulate(client::SimulateArgs),
 }
@@ -48,6 +50,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => runtime.block_on(server::run(args)),
         Command::Scheduler(args) => runtime.block_on(client::run_scheduler(args)),
+        Command::ControllerManager(args) => runtime.block_on(client::run_controller_manager(args)),
         Command::Simulate(args) => runtime.block_on(client::run_simulate(args)),
     }
 }

@@ -33,6 +33,10 @@ pub struct ServerArgs {
     /// elsewhere).
     #[arg(long)]
     disable_scheduler: bool,
+    /// Do not run the controller manager in this process (run `rudder
+    /// controller-manager` elsewhere).
+    #[arg(long)]
+    disable_controller_manager: bool,
     /// The scheduler's KubeSchedulerConfiguration file.
     #[arg(long)]
     scheduler_config: Option<PathBuf>,
@@ -103,6 +107,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             if let Err(err) = rudder_scheduler::run(client, config, true).await {
                 tracing::error!(error = %err, "the scheduler stopped");
+            }
+        });
+    }
+
+    if !args.disable_controller_manager {
+        let client = crate::client::client_from(Some(&kubeconfig)).await?;
+        let controllers = rudder_controllers::select(&[])?;
+        tokio::spawn(async move {
+            if let Err(err) =
+                rudder_controllers::run_with_leader_election(client, controllers).await
+            {
+                tracing::error!(error = %err, "the controller manager stopped");
             }
         });
     }
