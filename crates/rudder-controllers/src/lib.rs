@@ -9,6 +9,7 @@
 //! with its tests against a real in-process API server.
 
 pub mod context;
+pub mod deployment;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod util;
@@ -32,6 +33,7 @@ type Starter = fn(&Context) -> BoxFuture<'static, anyhow::Result<()>>;
 /// manager's names where there is one).
 pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("replicaset", replicaset::start),
+    ("deployment", deployment::start),
     ("serviceaccount", serviceaccount::start),
 ];
 

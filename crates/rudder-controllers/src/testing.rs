@@ -92,3 +92,39 @@ pub async fn namespace(client: &Client, name: &str) {
         serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
     api.create(&Default::default(), &ns).await.unwrap();
 }
+
+/// A stand-in for node agents in controller tests: every pod in
+/// `namespace` becomes Running and Ready shortly after it appears (unless
+/// its labels say `fake-kubelet: hold`). Stops when the returned handle is
+/// dropped or aborted.
+pub fn fake_kubelet(client: &Client, namespace: &str) -> tokio::task::JoinHandle<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{ListParams, Patch, PatchParams};
+    let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), namespace);
+    tokio::spawn(async move {
+        loop {
+            if let Ok(list) = api.list(&ListParams::default()).await {
+                for pod in list.items {
+                    let hold =
+                        pod.metadata.labels.as_ref().is_some_and(|l| {
+                            l.get("fake-kubelet").map(String::as_str) == Some("hold")
+                        });
+                    if hold
+                        || pod.metadata.deletion_timestamp.is_some()
+                        || crate::util::is_pod_ready(&pod)
+                    {
+                        continue;
+                    }
+                    let now = rudder_apimachinery::time::now_rfc3339();
+                    let status = serde_json::json!({"status": {"phase": "Running", "conditions": [
+                        {"type": "Ready", "status": "True", "lastTransitionTime": now}]}});
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    let _ = api
+                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                        .await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
