@@ -10,6 +10,8 @@
 
 pub mod context;
 pub mod deployment;
+pub mod discovery;
+pub mod garbage_collector;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod util;
@@ -34,6 +36,7 @@ type Starter = fn(&Context) -> BoxFuture<'static, anyhow::Result<()>>;
 pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("replicaset", replicaset::start),
     ("deployment", deployment::start),
+    ("garbagecollector", garbage_collector::start),
     ("serviceaccount", serviceaccount::start),
 ];
 
