@@ -9,7 +9,10 @@
 //! with its tests against a real in-process API server.
 
 pub mod context;
+pub mod daemonset;
+pub mod history;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod util;
 
 #[cfg(test)]
@@ -29,7 +32,11 @@ type Starter = fn(&Context) -> BoxFuture<'static, anyhow::Result<()>>;
 
 /// Every controller by the name `--controllers` uses (kube-controller-
 /// manager's names where there is one).
-pub const CONTROLLERS: &[(&str, Starter)] = &[("serviceaccount", serviceaccount::start)];
+pub const CONTROLLERS: &[(&str, Starter)] = &[
+    ("daemonset", daemonset::start),
+    ("serviceaccount", serviceaccount::start),
+    ("statefulset", statefulset::start),
+];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to
 /// leave one out (kube-controller-manager's `--controllers`).

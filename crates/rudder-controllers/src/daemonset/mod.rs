@@ -1,0 +1,4 @@
+use futures::future::BoxFuture;
+pub fn start(_ctx: &crate::Context) -> BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(async { Ok(()) })
+}
