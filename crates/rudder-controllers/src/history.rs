@@ -235,12 +235,12 @@ pub async fn set_revision_number(
 /// controller keeps `limit` revisions besides the live ones
 /// (`live_counts = false`); the DaemonSet controller counts live old
 /// revisions toward the limit (`live_counts = true`).
-pub fn revisions_to_prune<'a>(
-    sorted: &'a [Arc<ControllerRevision>],
+pub fn revisions_to_prune(
+    sorted: &[Arc<ControllerRevision>],
     is_live: impl Fn(&ControllerRevision) -> bool,
     limit: i32,
     live_counts: bool,
-) -> Vec<&'a Arc<ControllerRevision>> {
+) -> Vec<&Arc<ControllerRevision>> {
     let limit = limit.max(0) as usize;
     let candidates: Vec<_> = sorted.iter().filter(|r| !is_live(r)).collect();
     let considered = if live_counts {
