@@ -9,11 +9,14 @@
 //! with its tests against a real in-process API server.
 
 pub mod context;
+pub mod daemonset;
 pub mod deployment;
 pub mod discovery;
 pub mod garbage_collector;
+pub mod history;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod util;
 
 #[cfg(test)]
@@ -38,6 +41,8 @@ pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("deployment", deployment::start),
     ("garbagecollector", garbage_collector::start),
     ("serviceaccount", serviceaccount::start),
+    ("daemonset", daemonset::start),
+    ("statefulset", statefulset::start),
 ];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to
