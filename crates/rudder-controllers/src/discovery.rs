@@ -20,6 +20,9 @@ pub struct ResourceMap {
     /// version of each group; events left out, as Kubernetes' collector
     /// does).
     pub deletable: Vec<Resource>,
+    /// Every namespaced resource that can be listed and deleted, events
+    /// included: what a namespace's deletion empties.
+    pub namespaced: Vec<Resource>,
     /// (group, kind) → resource, for resolving owner references of any
     /// version.
     by_group_kind: HashMap<(String, String), Resource>,
@@ -40,6 +43,12 @@ impl ResourceMap {
                 let listable = [verbs::LIST, verbs::WATCH, verbs::DELETE]
                     .iter()
                     .all(|v| caps.supports_operation(v));
+                let deletable = [verbs::LIST, verbs::DELETE]
+                    .iter()
+                    .all(|v| caps.supports_operation(v));
+                if deletable && resource.namespaced {
+                    map.namespaced.push(resource.clone());
+                }
                 if listable && api.plural != "events" {
                     map.deletable.push(resource);
                 }

@@ -14,6 +14,7 @@ pub mod deployment;
 pub mod discovery;
 pub mod garbage_collector;
 pub mod history;
+pub mod namespace;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod statefulset;
@@ -40,6 +41,7 @@ pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("replicaset", replicaset::start),
     ("deployment", deployment::start),
     ("garbagecollector", garbage_collector::start),
+    ("namespace", namespace::start),
     ("serviceaccount", serviceaccount::start),
     ("daemonset", daemonset::start),
     ("statefulset", statefulset::start),
