@@ -9,6 +9,8 @@
 //! with its tests against a real in-process API server.
 
 pub mod context;
+pub mod cronjob;
+pub mod job;
 pub mod serviceaccount;
 pub mod util;
 
@@ -29,7 +31,10 @@ type Starter = fn(&Context) -> BoxFuture<'static, anyhow::Result<()>>;
 
 /// Every controller by the name `--controllers` uses (kube-controller-
 /// manager's names where there is one).
-pub const CONTROLLERS: &[(&str, Starter)] = &[("serviceaccount", serviceaccount::start)];
+pub const CONTROLLERS: &[(&str, Starter)] = &[
+    ("cronjob", cronjob::start),
+    ("serviceaccount", serviceaccount::start),
+];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to
 /// leave one out (kube-controller-manager's `--controllers`).
