@@ -33,7 +33,9 @@ type Starter = fn(&Context) -> BoxFuture<'static, anyhow::Result<()>>;
 /// manager's names where there is one).
 pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("cronjob", cronjob::start),
+    ("job", job::start),
     ("serviceaccount", serviceaccount::start),
+    ("ttl-after-finished", job::ttl::start),
 ];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to
