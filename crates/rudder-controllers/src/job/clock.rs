@@ -21,34 +21,40 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to (tests).
+/// A clock for tests: either frozen at an instant, or the system's clock
+/// shifted by an offset; `advance` moves either forward at once.
 #[derive(Clone, Debug)]
 pub struct FakeClock {
-    now: Arc<Mutex<Timestamp>>,
+    state: Arc<Mutex<(Option<Timestamp>, jiff::SignedDuration)>>,
 }
 
 impl FakeClock {
+    /// Stands still at `now` until advanced.
     pub fn new(now: Timestamp) -> Self {
         FakeClock {
-            now: Arc::new(Mutex::new(now)),
+            state: Arc::new(Mutex::new((Some(now), jiff::SignedDuration::ZERO))),
+        }
+    }
+
+    /// Runs with the system's clock, plus whatever it is advanced by.
+    pub fn shifted() -> Self {
+        FakeClock {
+            state: Arc::new(Mutex::new((None, jiff::SignedDuration::ZERO))),
         }
     }
 
     pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().unwrap();
-        *now = now
-            .checked_add(jiff::SignedDuration::try_from(by).unwrap_or(jiff::SignedDuration::MAX))
-            .unwrap_or(*now);
-    }
-
-    pub fn set(&self, to: Timestamp) {
-        *self.now.lock().unwrap() = to;
+        let by = jiff::SignedDuration::try_from(by).unwrap_or(jiff::SignedDuration::MAX);
+        let mut state = self.state.lock().unwrap();
+        state.1 = state.1.saturating_add(by);
     }
 }
 
 impl Clock for FakeClock {
     fn now(&self) -> Timestamp {
-        *self.now.lock().unwrap()
+        let (base, offset) = *self.state.lock().unwrap();
+        let base = base.unwrap_or_else(Timestamp::now);
+        base.checked_add(offset).unwrap_or(base)
     }
 }
 

@@ -57,9 +57,15 @@ pub fn match_pod_failure_policy(policy: &PodFailurePolicy, pod: &Pod) -> Option<
             }
         } else if let Some(patterns) = &rule.on_pod_conditions {
             let found = status.conditions.iter().flatten().find(|c| {
-                patterns
-                    .iter()
-                    .any(|p| p.type_ == c.type_ && p.status == c.status)
+                patterns.iter().any(|p| {
+                    // The API server defaults a pattern's status to True.
+                    let want = if p.status.is_empty() {
+                        "True"
+                    } else {
+                        p.status.as_str()
+                    };
+                    p.type_ == c.type_ && want == c.status
+                })
             });
             if let Some(condition) = found {
                 return Some(match rule.action.as_str() {
