@@ -43,6 +43,11 @@ impl FakeClock {
         }
     }
 
+    /// Stands still at `to` from now on.
+    pub fn set(&self, to: Timestamp) {
+        *self.state.lock().unwrap() = (Some(to), jiff::SignedDuration::ZERO);
+    }
+
     pub fn advance(&self, by: Duration) {
         let by = jiff::SignedDuration::try_from(by).unwrap_or(jiff::SignedDuration::MAX);
         let mut state = self.state.lock().unwrap();
