@@ -309,7 +309,7 @@ impl JobController {
         let completions = spec.completions;
         let valid_index =
             |p: &Pod| !indexed || completion_index(p).is_some_and(|i| i < completions.unwrap_or(0));
-        let mut active_pods: Vec<Arc<Pod>> =
+        let active_pods: Vec<Arc<Pod>> =
             pods.iter().filter(|p| is_pod_active(p)).cloned().collect();
         let mut ready = active_pods.iter().filter(|p| is_pod_ready(p)).count() as i32;
         let mut terminating = pods
@@ -469,7 +469,7 @@ impl JobController {
                     backoff: &backoff_record,
                 };
                 let outcome = self
-                    .manage(&job, &mut active_pods, &mut terminating, &mut ready, &ctx)
+                    .manage(&job, &active_pods, &mut terminating, &mut ready, &ctx)
                     .await;
                 active = outcome.active;
                 if let Some(after) = outcome.requeue {
@@ -663,7 +663,7 @@ impl JobController {
     async fn manage(
         &self,
         job: &Job,
-        active_pods: &mut Vec<Arc<Pod>>,
+        active_pods: &[Arc<Pod>],
         terminating: &mut i32,
         ready: &mut i32,
         ctx: &ManageContext<'_>,
@@ -964,7 +964,6 @@ impl JobController {
             }
         }
         let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), ns);
-        let old_counts = counts(&job);
         if needs_flush {
             job = api
                 .replace_status(&job.name_any(), &PostParams::default(), &job)
@@ -1026,7 +1025,6 @@ impl JobController {
                 self.record_finished(&job, t.finished.as_ref());
             }
         }
-        let _ = old_counts;
         Ok(())
     }
 
@@ -1119,14 +1117,6 @@ struct Tracking<'a> {
     finished: Option<JobCondition>,
     backoff_record: BackoffRecord,
     terminating: i32,
-}
-
-fn counts(job: &Job) -> (i32, i32) {
-    let s = job.status.as_ref();
-    (
-        s.and_then(|s| s.succeeded).unwrap_or(0),
-        s.and_then(|s| s.failed).unwrap_or(0),
-    )
 }
 
 /// Moves uids whose pods no longer hold the finalizer from the uncounted

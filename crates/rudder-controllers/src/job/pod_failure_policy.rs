@@ -85,10 +85,10 @@ pub fn match_pod_failure_policy(policy: &PodFailurePolicy, pod: &Pod) -> Option<
 
 /// Whether a failed pod counts toward the backoff limit.
 pub fn counts_as_failure(policy: Option<&PodFailurePolicy>, pod: &Pod) -> bool {
-    match policy.and_then(|p| match_pod_failure_policy(p, pod)) {
-        Some(Action::Ignore) => false,
-        _ => true,
-    }
+    !matches!(
+        policy.and_then(|p| match_pod_failure_policy(p, pod)),
+        Some(Action::Ignore)
+    )
 }
 
 #[cfg(test)]

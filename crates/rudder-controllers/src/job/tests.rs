@@ -72,7 +72,7 @@ async fn live_pods(api: &Api<Pod>, job: &str, n: usize) -> Vec<Pod> {
         let pods: Vec<Pod> = pods_of(api, job)
             .await
             .into_iter()
-            .filter(|p| crate::util::is_pod_active(p))
+            .filter(crate::util::is_pod_active)
             .collect();
         (pods.len() == n).then_some(pods)
     })
