@@ -441,13 +441,14 @@ impl ApiServer {
             return Err(ApiError::invalid(info, &name, causes));
         }
         self.admit_create(info, &mut obj).await?;
+        // Defaults may need the uid (a Job's selector is its uid).
+        meta_mut(&mut obj).insert("uid".into(), json!(object::new_uid()));
         crate::defaults::prepare_for_create(info, &mut obj);
         let causes = crate::validation::validate(info, &obj, None);
         if !causes.is_empty() {
             return Err(ApiError::invalid(info, &name, causes));
         }
         let meta = meta_mut(&mut obj);
-        meta.insert("uid".into(), json!(object::new_uid()));
         meta.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
         meta.insert("generation".into(), json!(1));
         for server_set in [

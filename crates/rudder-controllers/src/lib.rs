@@ -9,11 +9,13 @@
 //! with its tests against a real in-process API server.
 
 pub mod context;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod discovery;
 pub mod garbage_collector;
 pub mod history;
+pub mod job;
 pub mod namespace;
 pub mod replicaset;
 pub mod serviceaccount;
@@ -45,6 +47,9 @@ pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("serviceaccount", serviceaccount::start),
     ("daemonset", daemonset::start),
     ("statefulset", statefulset::start),
+    ("cronjob", cronjob::start),
+    ("job", job::start),
+    ("ttl-after-finished", job::ttl::start),
 ];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to
