@@ -9,6 +9,7 @@
 //! with its tests against a real in-process API server.
 
 pub mod context;
+pub mod node_lifecycle;
 pub mod serviceaccount;
 pub mod util;
 
@@ -29,7 +30,12 @@ type Starter = fn(&Context) -> BoxFuture<'static, anyhow::Result<()>>;
 
 /// Every controller by the name `--controllers` uses (kube-controller-
 /// manager's names where there is one).
-pub const CONTROLLERS: &[(&str, Starter)] = &[("serviceaccount", serviceaccount::start)];
+pub const CONTROLLERS: &[(&str, Starter)] = &[
+    ("serviceaccount", serviceaccount::start),
+    ("nodelifecycle", node_lifecycle::start),
+    ("taint-eviction-controller", node_lifecycle::eviction::start),
+    ("podgc", node_lifecycle::podgc::start),
+];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to
 /// leave one out (kube-controller-manager's `--controllers`).
