@@ -9,6 +9,7 @@
 //! with its tests against a real in-process API server.
 
 pub mod context;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod serviceaccount;
 pub mod util;
@@ -35,6 +36,7 @@ pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("nodelifecycle", node_lifecycle::start),
     ("taint-eviction-controller", node_lifecycle::eviction::start),
     ("podgc", node_lifecycle::podgc::start),
+    ("nodeipam", node_ipam::start),
 ];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to
