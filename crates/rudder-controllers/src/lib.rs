@@ -9,6 +9,8 @@
 //! with its tests against a real in-process API server.
 
 pub mod context;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod serviceaccount;
@@ -37,6 +39,8 @@ pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("taint-eviction-controller", node_lifecycle::eviction::start),
     ("podgc", node_lifecycle::podgc::start),
     ("nodeipam", node_ipam::start),
+    ("endpoints", endpoints::start),
+    ("endpointslice", endpointslice::start),
 ];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to
