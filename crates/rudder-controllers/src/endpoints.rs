@@ -180,6 +180,9 @@ pub fn pod_reference(pod: &Pod) -> ObjectReference {
 /// stable order.
 fn repack(entries: Vec<(EndpointAddress, bool, Option<EndpointPort>)>) -> Vec<EndpointSubset> {
     type AddrKey = (String, Option<String>);
+    type PortId = (Option<String>, i32, Option<String>, Option<String>);
+    type Addresses = BTreeMap<(AddrKey, bool), EndpointAddress>;
+    type Grouped = (Vec<EndpointPort>, Vec<(bool, EndpointAddress)>);
     let addr_key = |a: &EndpointAddress| {
         (
             a.ip.clone(),
@@ -195,13 +198,7 @@ fn repack(entries: Vec<(EndpointAddress, bool, Option<EndpointPort>)>) -> Vec<En
         )
     };
     // Port → its addresses.
-    let mut by_port: BTreeMap<
-        Option<(Option<String>, i32, Option<String>, Option<String>)>,
-        (
-            Option<EndpointPort>,
-            BTreeMap<(AddrKey, bool), EndpointAddress>,
-        ),
-    > = BTreeMap::new();
+    let mut by_port: BTreeMap<Option<PortId>, (Option<EndpointPort>, Addresses)> = BTreeMap::new();
     for (addr, ready, port) in entries {
         let entry = by_port
             .entry(port.as_ref().map(port_key))
@@ -209,10 +206,7 @@ fn repack(entries: Vec<(EndpointAddress, bool, Option<EndpointPort>)>) -> Vec<En
         entry.1.insert((addr_key(&addr), ready), addr);
     }
     // Address set → its ports.
-    let mut by_addrs: BTreeMap<
-        Vec<(AddrKey, bool)>,
-        (Vec<EndpointPort>, Vec<(bool, EndpointAddress)>),
-    > = BTreeMap::new();
+    let mut by_addrs: BTreeMap<Vec<(AddrKey, bool)>, Grouped> = BTreeMap::new();
     for (_, (port, addrs)) in by_port {
         let key: Vec<(AddrKey, bool)> = addrs.keys().cloned().collect();
         let entry = by_addrs.entry(key).or_insert_with(|| {

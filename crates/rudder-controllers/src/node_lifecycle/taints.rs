@@ -223,7 +223,7 @@ mod tests {
             min_toleration_seconds(&[a.clone(), b.clone(), c.clone()]),
             Some(30)
         );
-        assert_eq!(min_toleration_seconds(&[c.clone()]), None);
+        assert_eq!(min_toleration_seconds(std::slice::from_ref(&c)), None);
         assert_eq!(min_toleration_seconds(&[]), Some(0));
         let taints = [taint("a", NO_EXECUTE), taint("b", NO_EXECUTE)];
         assert_eq!(
