@@ -510,25 +510,29 @@ mod tests {
         .await;
         assert!(placeholder.endpoints.is_empty());
 
-        for i in 0..105 {
-            let name = format!("web-{i}");
-            create_pod(
-                &client,
-                "net",
-                &name,
-                json!({"nodeName": "n1"}),
-                json!({"app": "web"}),
-            )
-            .await;
-            run_pod(
-                &client,
-                "net",
-                &name,
-                &format!("10.1.{}.{}", i / 100, i % 100),
-                i != 0,
-            )
-            .await;
-        }
+        futures::future::join_all((0..105).map(|i| {
+            let client = client.clone();
+            async move {
+                let name = format!("web-{i}");
+                create_pod(
+                    &client,
+                    "net",
+                    &name,
+                    json!({"nodeName": "n1"}),
+                    json!({"app": "web"}),
+                )
+                .await;
+                run_pod(
+                    &client,
+                    "net",
+                    &name,
+                    &format!("10.1.{}.{}", i / 100, i % 100),
+                    i != 0,
+                )
+                .await;
+            }
+        }))
+        .await;
         let slices = eventually("105 endpoints in two slices", || async {
             let slices = slices_of(&client, "net", "web").await;
             let total: usize = slices.iter().map(|s| s.endpoints.len()).sum();
