@@ -13,10 +13,14 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod discovery;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod garbage_collector;
 pub mod history;
 pub mod job;
 pub mod namespace;
+pub mod node_ipam;
+pub mod node_lifecycle;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod statefulset;
@@ -50,6 +54,12 @@ pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("cronjob", cronjob::start),
     ("job", job::start),
     ("ttl-after-finished", job::ttl::start),
+    ("nodelifecycle", node_lifecycle::start),
+    ("taint-eviction-controller", node_lifecycle::eviction::start),
+    ("podgc", node_lifecycle::podgc::start),
+    ("nodeipam", node_ipam::start),
+    ("endpoints", endpoints::start),
+    ("endpointslice", endpointslice::start),
 ];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to
