@@ -11,6 +11,7 @@
 pub mod context;
 pub mod serviceaccount;
 pub mod util;
+pub mod volume;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -29,7 +30,13 @@ type Starter = fn(&Context) -> BoxFuture<'static, anyhow::Result<()>>;
 
 /// Every controller by the name `--controllers` uses (kube-controller-
 /// manager's names where there is one).
-pub const CONTROLLERS: &[(&str, Starter)] = &[("serviceaccount", serviceaccount::start)];
+pub const CONTROLLERS: &[(&str, Starter)] = &[
+    ("serviceaccount", serviceaccount::start),
+    ("persistentvolume-binder", volume::binder::start),
+    ("local-path-provisioner", volume::local_path::start),
+    ("pvc-protection", volume::protection::start_pvc_protection),
+    ("pv-protection", volume::protection::start_pv_protection),
+];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to
 /// leave one out (kube-controller-manager's `--controllers`).
