@@ -90,6 +90,11 @@ async fn claims_bind_to_the_smallest_fitting_volume_on_both_sides() {
     .await;
     create(&volumes, &pv("named", "3Gi", json!({}))).await;
     cluster.run_controllers(&["persistentvolume-binder"]);
+    // As in Kubernetes, only Available volumes are matched: let the
+    // binder mark them first.
+    for name in ["big", "small", "too-small", "gold", "promised", "named"] {
+        volume_in_phase(&volumes, name, "Available").await;
+    }
 
     create(
         &claims,

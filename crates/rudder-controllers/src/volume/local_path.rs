@@ -301,9 +301,14 @@ impl LocalPathProvisioner {
             return Ok(None);
         }
         let Some(node) = self.nodes.get(node_name) else {
-            // The node may be too new for our cache, or gone; the
-            // scheduler re-picks a node if it is gone for good.
-            self.fail(&pvc, &class_name, &format!("nodes {node_name:?} not found"));
+            // The node may be too new for our cache, or gone (then the
+            // scheduler re-picks one); look again without an event each
+            // time.
+            tracing::info!(
+                claim = key,
+                node = node_name,
+                "the selected node is not known yet"
+            );
             return Ok(Some(Duration::from_secs(5)));
         };
         let hostname = node
