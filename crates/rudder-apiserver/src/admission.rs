@@ -23,11 +23,103 @@ pub(crate) const SYSTEM_PRIORITY_CLASSES: &[(&str, i64, &str)] = &[
     ),
 ];
 
+/// The finalizer the StorageObjectInUseProtection plugin puts on claims:
+/// a claim in use by a pod is not removed until the pod is done.
+pub(crate) const PVC_PROTECTION_FINALIZER: &str = "kubernetes.io/pvc-protection";
+/// Its counterpart on volumes: a bound volume is not removed.
+pub(crate) const PV_PROTECTION_FINALIZER: &str = "kubernetes.io/pv-protection";
+const BETA_STORAGE_CLASS_ANNOTATION: &str = "volume.beta.kubernetes.io/storage-class";
+const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
+const BETA_DEFAULT_CLASS_ANNOTATION: &str = "storageclass.beta.kubernetes.io/is-default-class";
+
+fn is_default_class(class: &Value) -> bool {
+    let annotations = class.pointer("/metadata/annotations");
+    [DEFAULT_CLASS_ANNOTATION, BETA_DEFAULT_CLASS_ANNOTATION]
+        .iter()
+        .any(|k| annotations.and_then(|a| a.get(*k)).and_then(Value::as_str) == Some("true"))
+}
+
+/// Of the default classes, the one Kubernetes uses: the newest by
+/// creation time, ties broken by name.
+fn newest_default(classes: &[Value]) -> Option<String> {
+    classes
+        .iter()
+        .map(|c| {
+            (
+                c.pointer("/metadata/creationTimestamp")
+                    .and_then(Value::as_str)
+                    .and_then(rudder_apimachinery::time::parse_rfc3339),
+                meta_str(c, "name").unwrap_or_default().to_owned(),
+            )
+        })
+        .max_by(|(ta, na), (tb, nb)| ta.cmp(tb).then_with(|| nb.cmp(na)))
+        .map(|(_, name)| name)
+}
+
+fn add_finalizer(obj: &mut Value, finalizer: &str) {
+    let meta = &mut obj["metadata"];
+    if !meta["finalizers"].is_array() {
+        meta["finalizers"] = json!([]);
+    }
+    let list = meta["finalizers"]
+        .as_array_mut()
+        .expect("just made an array");
+    if !list.iter().any(|f| f.as_str() == Some(finalizer)) {
+        list.push(json!(finalizer));
+    }
+}
+
 impl ApiServer {
     /// Runs the admission plugins that apply to a new object.
     pub(crate) async fn admit_create(&self, info: &ResourceInfo, obj: &mut Value) -> ApiResult<()> {
         if info.group.is_empty() && info.plural == "pods" {
             self.admit_pod_priority(obj).await?;
+        }
+        if info.group.is_empty() && info.plural == "persistentvolumeclaims" {
+            self.admit_default_storage_class(obj).await?;
+            add_finalizer(obj, PVC_PROTECTION_FINALIZER);
+        }
+        if info.group.is_empty() && info.plural == "persistentvolumes" {
+            add_finalizer(obj, PV_PROTECTION_FINALIZER);
+        }
+        Ok(())
+    }
+
+    /// The DefaultStorageClass plugin: a claim that names no class (the
+    /// field absent, not `""`, and no beta annotation) gets the class
+    /// annotated as the default; of several, the newest (then the first
+    /// by name), as Kubernetes picks.
+    async fn admit_default_storage_class(&self, pvc: &mut Value) -> ApiResult<()> {
+        let named = pvc
+            .pointer("/spec/storageClassName")
+            .is_some_and(|v| !v.is_null())
+            || pvc
+                .pointer("/metadata/annotations")
+                .and_then(Value::as_object)
+                .is_some_and(|a| a.contains_key(BETA_STORAGE_CLASS_ANNOTATION));
+        if named {
+            return Ok(());
+        }
+        let classes = self
+            .registry()
+            .get("storage.k8s.io", "v1", "storageclasses")
+            .ok_or_else(|| ApiError::Internal("storageclasses are not registered".into()))?;
+        let all = self
+            .store()
+            .range(rudder_store::RangeRequest::prefix(classes.key_prefix()))
+            .await?;
+        let mut defaults = Vec::new();
+        for kv in &all.kvs {
+            let class = decode(kv)?;
+            if is_default_class(&class) {
+                defaults.push(class);
+            }
+        }
+        if let Some(name) = newest_default(&defaults) {
+            if !pvc["spec"].is_object() {
+                pvc["spec"] = json!({});
+            }
+            pvc["spec"]["storageClassName"] = json!(name);
         }
         Ok(())
     }
@@ -102,5 +194,46 @@ impl ApiServer {
             spec["preemptionPolicy"] = json!(policy);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_default_class_wins() {
+        let class = |name: &str, created: &str| json!({"metadata": {"name": name, "creationTimestamp": created}});
+        assert_eq!(newest_default(&[]), None);
+        assert_eq!(
+            newest_default(&[
+                class("old", "2024-01-01T00:00:00Z"),
+                class("new", "2024-06-01T00:00:00Z"),
+                class("also-old", "2024-01-01T00:00:00Z"),
+            ]),
+            Some("new".to_owned())
+        );
+        assert_eq!(
+            newest_default(&[
+                class("b", "2024-01-01T00:00:00Z"),
+                class("a", "2024-01-01T00:00:00Z"),
+            ]),
+            Some("a".to_owned()),
+            "same age: the first by name"
+        );
+        let annotated = json!({"metadata": {"annotations": {DEFAULT_CLASS_ANNOTATION: "true"}}});
+        assert!(is_default_class(&annotated));
+        assert!(!is_default_class(&json!({"metadata": {}})));
+    }
+
+    #[test]
+    fn finalizers_are_added_once() {
+        let mut obj = json!({"metadata": {"name": "c"}});
+        add_finalizer(&mut obj, PVC_PROTECTION_FINALIZER);
+        add_finalizer(&mut obj, PVC_PROTECTION_FINALIZER);
+        assert_eq!(
+            obj["metadata"]["finalizers"],
+            json!([PVC_PROTECTION_FINALIZER])
+        );
     }
 }

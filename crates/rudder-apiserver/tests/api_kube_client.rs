@@ -609,3 +609,84 @@ async fn a_terminating_namespace_goes_when_its_finalizers_are_removed() {
         404
     );
 }
+
+#[tokio::test]
+async fn claims_get_the_default_class_and_storage_finalizers() {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use k8s_openapi::api::storage::v1::StorageClass;
+    let server = sqlite_server().await;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(server.client.clone(), "default");
+    let claim = |name: &str, class: Option<&str>| -> PersistentVolumeClaim {
+        let mut spec = json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}});
+        if let Some(class) = class {
+            spec["storageClassName"] = json!(class);
+        }
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+    };
+    let before = claims
+        .create(&PostParams::default(), &claim("before", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        before.spec.unwrap().storage_class_name,
+        None,
+        "no default class yet"
+    );
+    assert_eq!(
+        before.metadata.finalizers,
+        Some(vec!["kubernetes.io/pvc-protection".to_owned()])
+    );
+
+    let classes: Api<StorageClass> = Api::all(server.client.clone());
+    for name in ["standard", "plain"] {
+        let mut class = json!({"metadata": {"name": name}, "provisioner": "example.com/p"});
+        if name == "standard" {
+            class["metadata"]["annotations"] =
+                json!({"storageclass.kubernetes.io/is-default-class": "true"});
+        }
+        classes
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(class).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let defaulted = claims
+        .create(&PostParams::default(), &claim("defaulted", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        defaulted.spec.unwrap().storage_class_name.as_deref(),
+        Some("standard")
+    );
+    let explicit = claims
+        .create(&PostParams::default(), &claim("explicit", Some("plain")))
+        .await
+        .unwrap();
+    assert_eq!(
+        explicit.spec.unwrap().storage_class_name.as_deref(),
+        Some("plain")
+    );
+    let none = claims
+        .create(&PostParams::default(), &claim("none", Some("")))
+        .await
+        .unwrap();
+    assert_eq!(
+        none.spec.unwrap().storage_class_name.as_deref(),
+        Some(""),
+        "an empty class means no class"
+    );
+
+    let volumes: Api<PersistentVolume> = Api::all(server.client.clone());
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": "pv1"},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "hostPath": {"path": "/tmp/pv1"}}
+    }))
+    .unwrap();
+    let pv = volumes.create(&PostParams::default(), &pv).await.unwrap();
+    assert_eq!(
+        pv.metadata.finalizers,
+        Some(vec!["kubernetes.io/pv-protection".to_owned()])
+    );
+}

@@ -25,6 +25,7 @@ pub mod replicaset;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod util;
+pub mod volume;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -60,6 +61,10 @@ pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("nodeipam", node_ipam::start),
     ("endpoints", endpoints::start),
     ("endpointslice", endpointslice::start),
+    ("persistentvolume-binder", volume::binder::start),
+    ("local-path-provisioner", volume::local_path::start),
+    ("pvc-protection", volume::protection::start_pvc_protection),
+    ("pv-protection", volume::protection::start_pv_protection),
 ];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to

@@ -3,7 +3,9 @@
 //! API asynchronously, on the assumed cache.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
@@ -12,19 +14,25 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::Client;
 use serde_json::json;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::cache::{ClusterCache, NodeInfo, PodInfo};
 use crate::framework::{
     unschedulable_message, Code, CycleState, FilterPlugin, NodeStatuses, Nomination,
     PreFilterPlugin, Status, MAX_NODE_SCORE,
 };
+use crate::plugins::volume_binding::{self, AssumedVolumes};
 use crate::profile::Profile;
 use crate::queue::SchedulingQueue;
 use crate::volume_cache::VolumeObject;
 
 /// Bindings in flight at once.
 const MAX_BINDINGS_IN_FLIGHT: usize = 256;
+/// How long PreBind waits for a pod's claims to be bound (VolumeBinding's
+/// `bindTimeoutSeconds` default).
+pub const DEFAULT_VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often PreBind looks at the claims when no change wakes it.
+const VOLUME_BIND_POLL: Duration = Duration::from_secs(1);
 
 /// The outcome of one scheduling cycle.
 pub enum Decision {
@@ -203,6 +211,24 @@ pub fn schedule_one(
     Decision::Node(feasible[best].name.clone())
 }
 
+/// What the loop does with a decided pod.
+enum Placement {
+    /// Bind it, after writing its volumes.
+    Bind(String, AssumedVolumes),
+    Unschedulable {
+        message: String,
+        nomination: Option<Nomination>,
+    },
+}
+
+/// Whether the profile runs VolumeBinding (and so its PreBind).
+fn binds_volumes(profile: &Profile) -> bool {
+    profile
+        .pre_filters
+        .iter()
+        .any(|p| p.name() == volume_binding::NAME)
+}
+
 /// The running scheduler: shared by the loop, the informers and the
 /// binding tasks.
 pub struct Scheduler {
@@ -211,6 +237,10 @@ pub struct Scheduler {
     cache: Mutex<ClusterCache>,
     queue: SchedulingQueue,
     bindings: Arc<Semaphore>,
+    /// Woken on every PV/PVC change, for PreBind waiting on claims.
+    volume_changes: Notify,
+    /// PreBind's limit, in milliseconds.
+    volume_bind_timeout_ms: AtomicU64,
 }
 
 impl Scheduler {
@@ -221,7 +251,16 @@ impl Scheduler {
             cache: Mutex::new(ClusterCache::default()),
             queue: SchedulingQueue::default(),
             bindings: Arc::new(Semaphore::new(MAX_BINDINGS_IN_FLIGHT)),
+            volume_changes: Notify::new(),
+            volume_bind_timeout_ms: AtomicU64::new(DEFAULT_VOLUME_BIND_TIMEOUT.as_millis() as u64),
         })
+    }
+
+    /// How long binding a pod waits for its claims to be bound before
+    /// giving up and scheduling the pod again.
+    pub fn set_volume_bind_timeout(&self, timeout: Duration) {
+        self.volume_bind_timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, ClusterCache> {
@@ -353,10 +392,12 @@ impl Scheduler {
                     object.meta_mut().managed_fields = None;
                     self.cache().volumes.upsert(object);
                     self.queue.move_all_to_active();
+                    self.volume_changes.notify_waiters();
                 }
                 watcher::Event::Delete(object) => {
                     self.cache().volumes.remove::<K>(&object.cache_key());
                     self.queue.move_all_to_active();
+                    self.volume_changes.notify_waiters();
                 }
             }
         }
@@ -482,18 +523,59 @@ impl Scheduler {
                 drop(cache);
                 decision
             };
-            match decision {
+            let decision = match decision {
+                Decision::Node(node) if binds_volumes(&profile) => {
+                    // Reserve: the pod's volumes are taken in the cache
+                    // with the pod, under one lock.
+                    let mut cache = self.cache();
+                    let planned = match cache.nodes.get(&node) {
+                        Some(info) => volume_binding::find_pod_volumes(&cache, &pod, info),
+                        None => Err(Status::error(format!("node {node:?} not found"))),
+                    };
+                    match planned {
+                        Ok(plan) => {
+                            let assumed = volume_binding::assume_pod_volumes(
+                                &mut cache.volumes,
+                                &plan,
+                                &node,
+                            );
+                            cache.assume(pod.clone(), &node);
+                            Placement::Bind(node, assumed)
+                        }
+                        // The cache changed between Filter and here.
+                        Err(status) => Placement::Unschedulable {
+                            message: format!(
+                                "running Reserve plugin \"{}\": {}",
+                                volume_binding::NAME,
+                                status.reasons.join(", ")
+                            ),
+                            nomination: None,
+                        },
+                    }
+                }
                 Decision::Node(node) => {
                     self.cache().assume(pod.clone(), &node);
+                    Placement::Bind(node, AssumedVolumes::default())
+                }
+                Decision::Unschedulable {
+                    message,
+                    nomination,
+                } => Placement::Unschedulable {
+                    message,
+                    nomination,
+                },
+            };
+            match decision {
+                Placement::Bind(node, volumes) => {
                     self.queue.done(&pod.key);
                     let permit = self.bindings.clone().acquire_owned().await.ok();
                     let this = self.clone();
                     tokio::spawn(async move {
                         let _permit = permit;
-                        this.bind(pod, node, popped.attempts).await;
+                        this.bind(pod, node, popped.attempts, volumes).await;
                     });
                 }
-                Decision::Unschedulable {
+                Placement::Unschedulable {
                     message,
                     nomination,
                 } => {
@@ -510,7 +592,38 @@ impl Scheduler {
         }
     }
 
-    async fn bind(&self, pod: Arc<PodInfo>, node: String, attempts: u32) {
+    async fn bind(&self, pod: Arc<PodInfo>, node: String, attempts: u32, volumes: AssumedVolumes) {
+        if !volumes.is_empty() {
+            match self.bind_pod_volumes(&pod, &node, &volumes).await {
+                Ok(true) => {}
+                // The pod went away meanwhile.
+                Ok(false) => return,
+                Err(err) => {
+                    let message = format!(
+                        "running PreBind plugin \"{}\": binding volumes: {err}",
+                        volume_binding::NAME
+                    );
+                    tracing::info!(pod = %pod.key, node, error = %message, "cannot bind the pod's volumes; will retry");
+                    {
+                        let mut cache = self.cache();
+                        volume_binding::revert_assumed_volumes(&mut cache.volumes, &volumes);
+                        cache.forget(&pod.uid);
+                    }
+                    let name = pod.pod.metadata.name.clone().unwrap_or_default();
+                    self.event(
+                        &pod.namespace,
+                        &name,
+                        &pod.uid,
+                        "FailedScheduling",
+                        &message,
+                        "Warning",
+                    )
+                    .await;
+                    self.queue.add_or_update(pod.clone());
+                    return;
+                }
+            }
+        }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
         let name = pod.pod.metadata.name.clone().unwrap_or_default();
         let binding = json!({
@@ -538,6 +651,60 @@ impl Scheduler {
                     self.queue.add_or_update(pod.clone());
                 }
             }
+        }
+    }
+
+    /// VolumeBinding's PreBind (Kubernetes' `BindPodVolumes`): writes the
+    /// volumes' `claimRef`s and the claims' selected node, then waits,
+    /// without holding up the scheduling loop, until the PV controller has
+    /// bound every claim. `Ok(false)` when the pod is no longer waiting to
+    /// be bound (deleted meanwhile).
+    async fn bind_pod_volumes(
+        &self,
+        pod: &PodInfo,
+        node: &str,
+        volumes: &AssumedVolumes,
+    ) -> Result<bool, String> {
+        let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
+        for pv in &volumes.volumes {
+            let name = pv.metadata.name.clone().unwrap_or_default();
+            pvs.replace(&name, &PostParams::default(), pv)
+                .await
+                .map_err(|e| format!("failed to update PersistentVolume {name:?}: {e}"))?;
+        }
+        for pvc in &volumes.claims {
+            let name = pvc.metadata.name.clone().unwrap_or_default();
+            let namespace = pvc.metadata.namespace.as_deref().unwrap_or_default();
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+            api.replace(&name, &PostParams::default(), pvc)
+                .await
+                .map_err(|e| {
+                    format!("failed to update PersistentVolumeClaim {namespace}/{name}: {e}")
+                })?;
+        }
+        let timeout = Duration::from_millis(self.volume_bind_timeout_ms.load(Ordering::Relaxed));
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.volume_changes.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let cache = self.cache();
+                if !cache.is_assumed_or_bound(&pod.uid) {
+                    return Ok(false);
+                }
+                let Some(info) = cache.nodes.get(node) else {
+                    return Err(format!("node {node:?} not found"));
+                };
+                if volume_binding::check_bindings(&cache.volumes, volumes, info)? {
+                    return Ok(true);
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err("context deadline exceeded".into());
+            }
+            let _ = tokio::time::timeout((deadline - now).min(VOLUME_BIND_POLL), changed).await;
         }
     }
 

@@ -4,6 +4,12 @@
 //! [`ClusterCache`](crate::cache::ClusterCache)); a plugin that needs it in
 //! Filter takes a [`snapshot`](VolumeCache::snapshot), which is cheap: the
 //! maps are shared and copied only when written while a snapshot is held.
+//!
+//! Like Kubernetes' assume cache, it also holds the scheduler's own
+//! pending writes: once VolumeBinding has chosen a volume for a claim (or
+//! a node for a claim to be provisioned on), the changed PV or PVC is
+//! *assumed* here until the informer delivers a newer version of that
+//! object, so the next pods do not pick the same volume meanwhile.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -24,6 +30,10 @@ pub struct VolumeCache {
     pvs: Objects<PersistentVolume>,
     classes: Objects<StorageClass>,
     csi_nodes: Objects<CSINode>,
+    /// Claims and volumes as the scheduler is writing them; each is
+    /// dropped when the informer's copy changes.
+    assumed_pvcs: Objects<PersistentVolumeClaim>,
+    assumed_pvs: Objects<PersistentVolume>,
 }
 
 /// An object kind the volume cache keeps.
@@ -33,10 +43,24 @@ pub trait VolumeObject: Sized {
     fn cache_key(&self) -> String;
     fn objects(cache: &mut VolumeCache) -> &mut Objects<Self>;
     fn objects_ref(cache: &VolumeCache) -> &Objects<Self>;
+    /// The assumed versions, for kinds the scheduler writes.
+    fn assumed(_cache: &mut VolumeCache) -> Option<&mut Objects<Self>> {
+        None
+    }
 }
 
 macro_rules! volume_object {
+    ($kind:ty, $field:ident, $namespaced:expr, $assumed:ident) => {
+        volume_object!(@impl $kind, $field, $namespaced,
+            fn assumed(cache: &mut VolumeCache) -> Option<&mut Objects<Self>> {
+                Some(&mut cache.$assumed)
+            }
+        );
+    };
     ($kind:ty, $field:ident, $namespaced:expr) => {
+        volume_object!(@impl $kind, $field, $namespaced,);
+    };
+    (@impl $kind:ty, $field:ident, $namespaced:expr, $($extra:item)?) => {
         impl VolumeObject for $kind {
             fn cache_key(&self) -> String {
                 let name = self.metadata.name.clone().unwrap_or_default();
@@ -53,24 +77,60 @@ macro_rules! volume_object {
             fn objects_ref(cache: &VolumeCache) -> &Objects<Self> {
                 &cache.$field
             }
+            $($extra)?
         }
     };
 }
 
-volume_object!(PersistentVolumeClaim, pvcs, true);
-volume_object!(PersistentVolume, pvs, false);
+volume_object!(PersistentVolumeClaim, pvcs, true, assumed_pvcs);
+volume_object!(PersistentVolume, pvs, false, assumed_pvs);
 volume_object!(StorageClass, classes, false);
 volume_object!(CSINode, csi_nodes, false);
 
 impl VolumeCache {
-    pub fn upsert<K: VolumeObject>(&mut self, object: K) {
+    pub fn upsert<K: VolumeObject + kube::Resource>(&mut self, object: K) {
         let key = object.cache_key();
+        let version = object.meta().resource_version.clone();
+        if let Some(assumed) = K::assumed(self) {
+            // A different version than the one assumed upon is newer: our
+            // write, or someone else's that supersedes it.
+            if assumed
+                .get(&key)
+                .is_some_and(|a| a.meta().resource_version != version)
+            {
+                Arc::make_mut(assumed).remove(&key);
+            }
+        }
         Arc::make_mut(K::objects(self)).insert(key, Arc::new(object));
     }
 
     pub fn remove<K: VolumeObject>(&mut self, key: &str) {
+        if let Some(assumed) = K::assumed(self) {
+            if assumed.contains_key(key) {
+                Arc::make_mut(assumed).remove(key);
+            }
+        }
         if K::objects_ref(self).contains_key(key) {
             Arc::make_mut(K::objects(self)).remove(key);
+        }
+    }
+
+    /// Holds a changed claim or volume (same `resourceVersion` as the
+    /// cached one it was made from) until the informer moves past it.
+    pub fn assume<K: VolumeObject>(&mut self, object: K) {
+        let key = object.cache_key();
+        if let Some(assumed) = K::assumed(self) {
+            Arc::make_mut(assumed).insert(key, Arc::new(object));
+        }
+    }
+
+    /// Drops an assumed object (its write failed): the informer's copy
+    /// counts again.
+    pub fn restore<K: VolumeObject>(&mut self, key: &str) {
+        if let Some(assumed) = K::assumed(self) {
+            if assumed.contains_key(key) {
+                Arc::make_mut(assumed).remove(key);
+            }
         }
     }
 
@@ -86,15 +146,18 @@ impl VolumeCache {
     }
 
     pub fn pvc(&self, namespace: &str, name: &str) -> Option<&Arc<PersistentVolumeClaim>> {
-        self.pvcs.get(&format!("{namespace}/{name}"))
+        let key = format!("{namespace}/{name}");
+        self.assumed_pvcs.get(&key).or_else(|| self.pvcs.get(&key))
     }
 
     pub fn pv(&self, name: &str) -> Option<&Arc<PersistentVolume>> {
-        self.pvs.get(name)
+        self.assumed_pvs.get(name).or_else(|| self.pvs.get(name))
     }
 
     pub fn pvs(&self) -> impl Iterator<Item = &Arc<PersistentVolume>> {
-        self.pvs.values()
+        self.pvs
+            .iter()
+            .map(|(name, pv)| self.assumed_pvs.get(name).unwrap_or(pv))
     }
 
     pub fn storage_class(&self, name: &str) -> Option<&Arc<StorageClass>> {
@@ -269,6 +332,36 @@ mod tests {
         assert!(snapshot.pvc("ns", "c").is_some());
         assert!(cache.pvc("ns", "c").is_none());
         assert_eq!(snapshot.keys::<PersistentVolumeClaim>(), vec!["ns/c"]);
+    }
+
+    #[test]
+    fn assumed_objects_hold_until_the_informer_moves_on() {
+        let mut cache = VolumeCache::default();
+        let pv = |rv: &str, claim: Option<&str>| -> PersistentVolume {
+            let mut v = json!({"metadata": {"name": "v", "resourceVersion": rv}, "spec": {}});
+            if let Some(claim) = claim {
+                v["spec"]["claimRef"] = json!({"namespace": "ns", "name": claim});
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let claimed = |c: &VolumeCache| {
+            c.pv("v")
+                .and_then(|v| v.spec.as_ref()?.claim_ref.as_ref()?.name.clone())
+        };
+        cache.upsert(pv("1", None));
+        cache.assume(pv("1", Some("a")));
+        assert_eq!(claimed(&cache).as_deref(), Some("a"));
+        assert_eq!(cache.pvs().count(), 1);
+        // The same version again (a relist) does not undo the assumption.
+        cache.upsert(pv("1", None));
+        assert_eq!(claimed(&cache).as_deref(), Some("a"));
+        // Our write arrives.
+        cache.upsert(pv("2", Some("a")));
+        cache.upsert(pv("3", None));
+        assert_eq!(claimed(&cache), None, "the informer's copy counts again");
+        cache.assume(pv("3", Some("b")));
+        cache.restore::<PersistentVolume>("v");
+        assert_eq!(claimed(&cache), None);
     }
 
     #[test]

@@ -1,20 +1,25 @@
 //! VolumeBinding: a pod's PersistentVolumeClaims must exist, and the node
 //! must reach their volumes: a bound claim's volume through its node
 //! affinity; an unbound claim of a `WaitForFirstConsumer` class through
-//! some Available volume that could be bound to it there. Unbound claims
-//! with immediate binding wait for the PV controller.
+//! some Available volume that could be bound to it there, or else through
+//! its class's provisioner (if it has one and the class's
+//! `allowedTopologies` admit the node). Unbound claims with immediate
+//! binding wait for the PV controller.
 //!
-//! Only the filtering half is here. Kubernetes' plugin also reserves the
-//! chosen volumes (Reserve) and binds them (PreBind: writes the claim's
-//! `volumeName` / the `volume.kubernetes.io/selected-node` annotation and
-//! waits); Rudder leaves binding to the PV controller, so a pod placed by
-//! a WaitForFirstConsumer claim relies on that controller to bind it to a
-//! volume the node can reach.
+//! Filtering is here; the scheduler runs the Reserve and PreBind halves
+//! through [`find_pod_volumes`], [`assume_pod_volumes`] and
+//! [`check_bindings`], as Kubernetes' volume binder does: the chosen
+//! volume gets the claim in its `claimRef`, a claim to provision gets the
+//! `volume.kubernetes.io/selected-node` annotation, both are assumed in
+//! the volume cache at once, and the pod is bound only when the PV
+//! controller has bound every claim.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{
+    ObjectReference, PersistentVolume, PersistentVolumeClaim, TopologySelectorTerm,
+};
 
 use crate::cache::{ClusterCache, NodeInfo, PodInfo};
 use crate::framework::{Code, CycleState, FilterPlugin, Plugin, PreFilterPlugin, Status};
@@ -33,6 +38,15 @@ pub const REASON_UNBOUND_IMMEDIATE: &str = "pod has unbound immediate Persistent
 pub const REASON_PV_NOT_EXIST: &str =
     "node(s) unavailable due to one or more pvc(s) bound to non-existent pv(s)";
 
+/// The node the scheduler chose for a claim to be provisioned.
+pub const ANN_SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+/// The claim's binding is complete (set by the PV controller).
+pub const ANN_BIND_COMPLETED: &str = "pv.kubernetes.io/bind-completed";
+/// A binding made by a controller (the scheduler counts as one).
+pub const ANN_BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
+/// The provisioner of classes that provision nothing.
+const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
+
 pub struct VolumeBinding;
 
 impl Plugin for VolumeBinding {
@@ -41,14 +55,37 @@ impl Plugin for VolumeBinding {
     }
 }
 
+/// An unbound claim of a `WaitForFirstConsumer` class.
+struct ClaimToBind {
+    pvc: Arc<PersistentVolumeClaim>,
+    /// Volumes that could take it, node affinity aside, best first
+    /// (pre-bound to the claim, then smallest).
+    candidates: Vec<Arc<PersistentVolume>>,
+    /// If the class can provision: where (empty terms: anywhere).
+    provisioning: Option<Vec<TopologySelectorTerm>>,
+}
+
 /// What PreFilter found for the pod.
 struct PodVolumes {
     /// Volumes of the bound claims.
     bound: Vec<Arc<PersistentVolume>>,
-    /// For each unbound WaitForFirstConsumer claim (smallest request
-    /// first), the volumes that could take it, node affinity aside, best
-    /// first (pre-bound to the claim, then smallest).
-    to_bind: Vec<Vec<Arc<PersistentVolume>>>,
+    /// The claims to bind, smallest request first.
+    to_bind: Vec<ClaimToBind>,
+}
+
+/// How a pod's unbound claims get volumes on a node.
+#[derive(Clone, Debug, Default)]
+pub struct VolumePlan {
+    /// Existing volumes to bind to claims.
+    pub static_bindings: Vec<(Arc<PersistentVolume>, Arc<PersistentVolumeClaim>)>,
+    /// Claims to provision on the node.
+    pub provisions: Vec<Arc<PersistentVolumeClaim>>,
+}
+
+impl VolumePlan {
+    pub fn is_empty(&self) -> bool {
+        self.static_bindings.is_empty() && self.provisions.is_empty()
+    }
 }
 
 /// Whether an Available volume could be bound to the claim, its node
@@ -115,6 +152,79 @@ fn candidates(
     found
 }
 
+/// Whether the node's labels satisfy a class's `allowedTopologies`
+/// (none: every node).
+fn topology_allows(terms: &[TopologySelectorTerm], node: &NodeInfo) -> bool {
+    terms.is_empty()
+        || terms.iter().any(|term| {
+            term.match_label_expressions.iter().flatten().all(|e| {
+                node.labels
+                    .get(&e.key)
+                    .is_some_and(|v| e.values.contains(v))
+            })
+        })
+}
+
+fn selected_node(pvc: &PersistentVolumeClaim) -> Option<&str> {
+    pvc.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANN_SELECTED_NODE))
+        .map(String::as_str)
+}
+
+/// How the pod's unbound claims would get volumes on the node, or why
+/// they cannot (the reasons users read).
+fn plan(volumes: &PodVolumes, node: &NodeInfo) -> Result<VolumePlan, Vec<String>> {
+    let mut reasons = Vec::new();
+    if !volumes
+        .bound
+        .iter()
+        .all(|pv| volume_node_affinity_matches(pv, node))
+    {
+        reasons.push(REASON_NODE_CONFLICT.to_owned());
+    }
+    let mut plan = VolumePlan::default();
+    let mut chosen: HashSet<&str> = HashSet::new();
+    let mut satisfied = true;
+    for claim in &volumes.to_bind {
+        // A claim already sent to a node is provisioned there or nowhere.
+        if let Some(selected) = selected_node(&claim.pvc) {
+            if selected != node.name {
+                satisfied = false;
+                break;
+            }
+            plan.provisions.push(claim.pvc.clone());
+            continue;
+        }
+        // Each claim needs its own volume: take the best one left.
+        let pick = claim.candidates.iter().find(|pv| {
+            let name = pv.metadata.name.as_deref().unwrap_or_default();
+            !chosen.contains(name) && volume_node_affinity_matches(pv, node)
+        });
+        if let Some(pv) = pick {
+            chosen.insert(pv.metadata.name.as_deref().unwrap_or_default());
+            plan.static_bindings.push((pv.clone(), claim.pvc.clone()));
+            continue;
+        }
+        match &claim.provisioning {
+            Some(terms) if topology_allows(terms, node) => plan.provisions.push(claim.pvc.clone()),
+            _ => {
+                satisfied = false;
+                break;
+            }
+        }
+    }
+    if !satisfied {
+        reasons.push(REASON_BIND_CONFLICT.to_owned());
+    }
+    if reasons.is_empty() {
+        Ok(plan)
+    } else {
+        Err(reasons)
+    }
+}
+
 impl PreFilterPlugin for VolumeBinding {
     fn pre_filter(&self, state: &mut CycleState, pod: &PodInfo, cache: &ClusterCache) -> Status {
         let claims = pod_claims(&pod.pod);
@@ -123,7 +233,7 @@ impl PreFilterPlugin for VolumeBinding {
         }
         let volumes = &cache.volumes;
         let mut bound = Vec::new();
-        let mut waiting: Vec<(i64, Vec<Arc<PersistentVolume>>)> = Vec::new();
+        let mut waiting: Vec<(i64, ClaimToBind)> = Vec::new();
         let mut unbound_immediate = false;
         for claim in claims {
             let Some(pvc) = volumes.pvc(&pod.namespace, &claim.name) else {
@@ -173,7 +283,17 @@ impl PreFilterPlugin for VolumeBinding {
                 ));
             };
             if waits_for_first_consumer(storage_class) {
-                waiting.push((claim_request(pvc), candidates(volumes, pvc, class)));
+                let provisioner = storage_class.provisioner.as_str();
+                let provisioning = (!provisioner.is_empty() && provisioner != NO_PROVISIONER)
+                    .then(|| storage_class.allowed_topologies.clone().unwrap_or_default());
+                waiting.push((
+                    claim_request(pvc),
+                    ClaimToBind {
+                        pvc: pvc.clone(),
+                        candidates: candidates(volumes, pvc, class),
+                        provisioning,
+                    },
+                ));
             } else {
                 unbound_immediate = true;
             }
@@ -198,40 +318,209 @@ impl FilterPlugin for VolumeBinding {
         let Some(volumes) = state.read::<PodVolumes>(STATE) else {
             return Status::success();
         };
-        let mut reasons = Vec::new();
-        if !volumes
-            .bound
-            .iter()
-            .all(|pv| volume_node_affinity_matches(pv, node))
-        {
-            reasons.push(REASON_NODE_CONFLICT.to_owned());
-        }
-        // Each claim needs its own volume: take the best one left.
-        let mut chosen: HashSet<&str> = HashSet::new();
-        for candidates in &volumes.to_bind {
-            let pick = candidates.iter().find(|pv| {
-                let name = pv.metadata.name.as_deref().unwrap_or_default();
-                !chosen.contains(name) && volume_node_affinity_matches(pv, node)
-            });
-            match pick {
-                Some(pv) => {
-                    chosen.insert(pv.metadata.name.as_deref().unwrap_or_default());
-                }
-                None => {
-                    reasons.push(REASON_BIND_CONFLICT.to_owned());
-                    break;
-                }
-            }
-        }
-        if reasons.is_empty() {
-            Status::success()
-        } else {
-            Status {
+        match plan(volumes, node) {
+            Ok(_) => Status::success(),
+            Err(reasons) => Status {
                 code: Code::UnschedulableAndUnresolvable,
                 reasons,
-            }
+            },
         }
     }
+}
+
+/// The volume writes for binding `pod` to `node` (the plan Filter
+/// accepted, computed again on the chosen node).
+pub fn find_pod_volumes(
+    cache: &ClusterCache,
+    pod: &PodInfo,
+    node: &NodeInfo,
+) -> Result<VolumePlan, Status> {
+    let mut state = CycleState::default();
+    let status = VolumeBinding.pre_filter(&mut state, pod, cache);
+    match status.code {
+        Code::Skip => return Ok(VolumePlan::default()),
+        Code::Success => {}
+        _ => return Err(status),
+    }
+    let Some(volumes) = state.read::<PodVolumes>(STATE) else {
+        return Ok(VolumePlan::default());
+    };
+    plan(volumes, node).map_err(|reasons| Status {
+        code: Code::UnschedulableAndUnresolvable,
+        reasons,
+    })
+}
+
+/// What the scheduler writes for a pod's volumes, and what it then waits
+/// for.
+#[derive(Clone, Debug, Default)]
+pub struct AssumedVolumes {
+    /// Volumes with the claim in their `claimRef`, to update.
+    pub volumes: Vec<PersistentVolume>,
+    /// Claims with the selected node, to update.
+    pub claims: Vec<PersistentVolumeClaim>,
+    /// (volume, `namespace/claim`) pairs bound statically.
+    pub static_bindings: Vec<(String, String)>,
+    /// `namespace/claim` of the claims provisioned.
+    pub provisions: Vec<String>,
+}
+
+impl AssumedVolumes {
+    pub fn is_empty(&self) -> bool {
+        self.static_bindings.is_empty() && self.provisions.is_empty()
+    }
+}
+
+fn claim_key(pvc: &PersistentVolumeClaim) -> String {
+    format!(
+        "{}/{}",
+        pvc.metadata.namespace.as_deref().unwrap_or_default(),
+        pvc.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn reference_to(pvc: &PersistentVolumeClaim) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("PersistentVolumeClaim".into()),
+        namespace: pvc.metadata.namespace.clone(),
+        name: pvc.metadata.name.clone(),
+        uid: pvc.metadata.uid.clone(),
+        resource_version: pvc.metadata.resource_version.clone(),
+        field_path: None,
+    }
+}
+
+/// Kubernetes' `AssumePodVolumes`: makes the plan's changes in the volume
+/// cache (so the next pods see the volumes taken) and returns the objects
+/// to write.
+pub fn assume_pod_volumes(
+    volumes: &mut VolumeCache,
+    plan: &VolumePlan,
+    node: &str,
+) -> AssumedVolumes {
+    let mut assumed = AssumedVolumes::default();
+    for (pv, pvc) in &plan.static_bindings {
+        let name = pv.metadata.name.clone().unwrap_or_default();
+        assumed.static_bindings.push((name, claim_key(pvc)));
+        let reference = reference_to(pvc);
+        let current = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
+        let bound_to_claim = current.is_some_and(|r| {
+            r.name == reference.name
+                && r.namespace == reference.namespace
+                && r.uid
+                    .as_deref()
+                    .is_none_or(|u| u.is_empty() || Some(u) == reference.uid.as_deref())
+        });
+        if current.is_some_and(|r| {
+            r.name == reference.name && r.namespace == reference.namespace && r.uid == reference.uid
+        }) {
+            continue;
+        }
+        let mut updated = (**pv).clone();
+        updated.spec.get_or_insert_with(Default::default).claim_ref = Some(reference);
+        if !bound_to_claim {
+            updated
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .entry(ANN_BOUND_BY_CONTROLLER.to_owned())
+                .or_insert_with(|| "yes".to_owned());
+        }
+        volumes.assume(updated.clone());
+        assumed.volumes.push(updated);
+    }
+    for pvc in &plan.provisions {
+        assumed.provisions.push(claim_key(pvc));
+        if selected_node(pvc) == Some(node) {
+            continue;
+        }
+        let mut updated = (**pvc).clone();
+        updated
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ANN_SELECTED_NODE.to_owned(), node.to_owned());
+        volumes.assume(updated.clone());
+        assumed.claims.push(updated);
+    }
+    assumed
+}
+
+/// Undoes [`assume_pod_volumes`] (a write failed, or binding gave up).
+pub fn revert_assumed_volumes(volumes: &mut VolumeCache, assumed: &AssumedVolumes) {
+    for pv in &assumed.volumes {
+        volumes.restore::<PersistentVolume>(pv.metadata.name.as_deref().unwrap_or_default());
+    }
+    for pvc in &assumed.claims {
+        volumes.restore::<PersistentVolumeClaim>(&claim_key(pvc));
+    }
+}
+
+fn fully_bound(pvc: &PersistentVolumeClaim) -> bool {
+    bound_volume(pvc).is_some()
+        && pvc
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(ANN_BIND_COMPLETED))
+}
+
+/// Kubernetes' `checkBindings`: `Ok(true)` once the PV controller has
+/// bound every claim, `Ok(false)` while it has not, an error when the
+/// binding can no longer happen (the pod must be scheduled again).
+pub fn check_bindings(
+    volumes: &VolumeCache,
+    assumed: &AssumedVolumes,
+    node: &NodeInfo,
+) -> Result<bool, String> {
+    let claim = |key: &str| {
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        volumes
+            .pvc(ns, name)
+            .ok_or_else(|| format!("failed to get pvc {key:?} from cache"))
+    };
+    let mut done = true;
+    for (pv_name, key) in &assumed.static_bindings {
+        let pv = volumes
+            .pv(pv_name)
+            .ok_or_else(|| format!("failed to get pv {pv_name:?} from cache"))?;
+        let pvc = claim(key)?;
+        let reference = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
+        match reference
+            .and_then(|r| r.uid.as_deref())
+            .filter(|u| !u.is_empty())
+        {
+            None => return Err(format!("ClaimRef got reset for pv {pv_name:?}")),
+            Some(uid) if Some(uid) != pvc.metadata.uid.as_deref() => {
+                return Err(format!("pv {pv_name:?} is bound to another claim"))
+            }
+            Some(_) => {}
+        }
+        done &= fully_bound(pvc);
+    }
+    for key in &assumed.provisions {
+        let pvc = claim(key)?;
+        if selected_node(pvc).is_none() {
+            return Err(format!("selectedNode annotation reset for PVC {key:?}"));
+        }
+        let Some(pv_name) = bound_volume(pvc) else {
+            done = false;
+            continue;
+        };
+        let Some(pv) = volumes.pv(pv_name) else {
+            done = false;
+            continue;
+        };
+        if !volume_node_affinity_matches(pv, node) {
+            return Err(format!(
+                "pv {pv_name:?} node affinity doesn't match node {:?}",
+                node.name
+            ));
+        }
+        done &= fully_bound(pvc);
+    }
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -427,6 +716,137 @@ mod tests {
             run(&c, &p, &node_info("b", "1", "1Gi", json!({}))).reasons,
             vec![REASON_BIND_CONFLICT.to_owned()]
         );
+    }
+
+    fn provisioning_class(
+        topology: serde_json::Value,
+    ) -> k8s_openapi::api::storage::v1::StorageClass {
+        serde_json::from_value(json!({
+            "metadata": {"name": "dynamic"}, "provisioner": "example.com/p",
+            "volumeBindingMode": "WaitForFirstConsumer", "allowedTopologies": topology
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn claims_to_provision_follow_the_class_topology_and_selected_node() {
+        let mut c = cache(vec![]);
+        c.volumes.upsert(provisioning_class(
+            json!([{"matchLabelExpressions": [{"key": "zone", "values": ["west"]}]}]),
+        ));
+        c.volumes
+            .upsert(storage_class("static", "WaitForFirstConsumer"));
+        c.volumes
+            .upsert(pvc("new", json!({"spec": {"storageClassName": "dynamic"}})));
+        c.volumes.upsert(pvc(
+            "placed",
+            json!({"metadata": {"annotations": {ANN_SELECTED_NODE: "a"}}, "spec": {"storageClassName": "dynamic"}}),
+        ));
+        c.volumes.upsert(pvc(
+            "static",
+            json!({"spec": {"storageClassName": "static"}}),
+        ));
+        let west = node_info(
+            "a",
+            "1",
+            "1Gi",
+            json!({"metadata": {"labels": {"zone": "west"}}}),
+        );
+        let east = node_info(
+            "b",
+            "1",
+            "1Gi",
+            json!({"metadata": {"labels": {"zone": "east"}}}),
+        );
+        let new = pod_with_claims("p", &["new"]);
+        assert!(run(&c, &new, &west).is_success());
+        assert_eq!(
+            run(&c, &new, &east).reasons,
+            vec![REASON_BIND_CONFLICT.to_owned()]
+        );
+        // Sent to a: provisioned there or nowhere.
+        let placed = pod_with_claims("q", &["placed"]);
+        let plan = find_pod_volumes(&c, &placed, &west).unwrap();
+        assert_eq!(plan.provisions.len(), 1);
+        assert!(find_pod_volumes(&c, &placed, &east).is_err());
+        // No provisioner and no volume: nowhere.
+        assert_eq!(
+            run(&c, &pod_with_claims("r", &["static"]), &west).reasons,
+            vec![REASON_BIND_CONFLICT.to_owned()]
+        );
+    }
+
+    #[test]
+    fn assumed_volumes_are_taken_until_bound() {
+        let mut c = cache(vec![]);
+        c.volumes
+            .upsert(storage_class("local", "WaitForFirstConsumer"));
+        c.volumes.upsert(provisioning_class(json!(null)));
+        c.volumes
+            .upsert(pvc("one", json!({"spec": {"storageClassName": "local"}})));
+        c.volumes
+            .upsert(pvc("two", json!({"spec": {"storageClassName": "local"}})));
+        c.volumes.upsert(pvc(
+            "grow",
+            json!({"spec": {"storageClassName": "dynamic"}}),
+        ));
+        c.volumes.upsert(pv_on(
+            "disk-a",
+            "kubernetes.io/hostname",
+            "a",
+            json!({"spec": {"storageClassName": "local"}}),
+        ));
+        let a = node_info("a", "1", "1Gi", json!({}));
+        let first = pod_with_claims("p", &["one", "grow"]);
+        let plan = find_pod_volumes(&c, &first, &a).unwrap();
+        assert_eq!(plan.static_bindings.len(), 1);
+        assert_eq!(plan.provisions.len(), 1);
+        let assumed = assume_pod_volumes(&mut c.volumes, &plan, "a");
+        assert_eq!(assumed.volumes.len(), 1);
+        assert_eq!(assumed.claims.len(), 1);
+        let claimed = c.volumes.pv("disk-a").unwrap();
+        let reference = claimed.spec.as_ref().unwrap().claim_ref.as_ref().unwrap();
+        assert_eq!(reference.uid.as_deref(), Some("uid-one"));
+        assert_eq!(
+            c.volumes
+                .pvc("default", "grow")
+                .unwrap()
+                .metadata
+                .annotations
+                .as_ref()
+                .unwrap()[ANN_SELECTED_NODE],
+            "a"
+        );
+        // The next pod does not get the taken volume.
+        assert_eq!(
+            run(&c, &pod_with_claims("q", &["two"]), &a).reasons,
+            vec![REASON_BIND_CONFLICT.to_owned()]
+        );
+        assert_eq!(check_bindings(&c.volumes, &assumed, &a), Ok(false));
+        // The PV controller binds both claims.
+        c.volumes.upsert(pvc(
+            "one",
+            json!({"metadata": {"annotations": {ANN_BIND_COMPLETED: "yes"}}, "spec": {"storageClassName": "local", "volumeName": "disk-a"}}),
+        ));
+        c.volumes.upsert(pvc(
+            "grow",
+            json!({"metadata": {"annotations": {ANN_BIND_COMPLETED: "yes", ANN_SELECTED_NODE: "a"}, "resourceVersion": "2"}, "spec": {"storageClassName": "dynamic", "volumeName": "pvc-grow"}}),
+        ));
+        assert_eq!(
+            check_bindings(&c.volumes, &assumed, &a),
+            Ok(false),
+            "no volume yet"
+        );
+        c.volumes
+            .upsert(pv_on("pvc-grow", "kubernetes.io/hostname", "a", json!({})));
+        assert_eq!(check_bindings(&c.volumes, &assumed, &a), Ok(true));
+        // A claim whose node was taken away must be scheduled again.
+        c.volumes.upsert(pvc(
+            "grow",
+            json!({"metadata": {"resourceVersion": "3"}, "spec": {"storageClassName": "dynamic"}}),
+        ));
+        assert!(check_bindings(&c.volumes, &assumed, &a).is_err());
+        revert_assumed_volumes(&mut c.volumes, &assumed);
     }
 
     #[test]
