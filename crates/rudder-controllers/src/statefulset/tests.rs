@@ -452,7 +452,8 @@ async fn claims_follow_the_retention_policy_and_orphans_are_adopted() {
     );
 
     // Scaling up again waits while the claim still belongs to the old pod
-    // (the garbage collector deletes it; here the test does).
+    // (the garbage collector deletes it; here the test does, and releases
+    // the protection finalizer the pvc-protection controller would).
     sets.patch(
         "kv",
         &PatchParams::default(),
@@ -470,6 +471,14 @@ async fn claims_follow_the_retention_policy_and_orphans_are_adopted() {
         .delete("www-kv-1", &DeleteParams::default())
         .await
         .unwrap();
+    claims
+        .patch(
+            "www-kv-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .ok();
     eventually("kv-1 comes back with a fresh claim", || async {
         let pod = pods.get_opt("kv-1").await.unwrap()?;
         let claim = claims.get_opt("www-kv-1").await.unwrap()?;
