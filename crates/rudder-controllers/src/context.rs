@@ -1,6 +1,8 @@
 //! What every controller gets: the API client, the process's shared
 //! informers and an event recorder.
 
+use std::time::Duration;
+
 use kube::Client;
 use rudder_runtime::events::EventRecorder;
 use rudder_runtime::Informers;
@@ -10,14 +12,46 @@ pub struct Context {
     pub client: Client,
     pub informers: Informers,
     pub recorder: EventRecorder,
+    pub options: ControllerOptions,
+}
+
+/// The settings operators choose (kube-controller-manager's flags of the
+/// same names); each controller reads the ones it needs.
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// `--cluster-cidr`: node pod CIDRs are cut from it.
+    pub cluster_cidr: String,
+    /// `--node-cidr-mask-size`.
+    pub node_cidr_mask_size: u8,
+    /// `--node-monitor-grace-period`: silence after which a node is
+    /// Unknown and tainted unreachable.
+    pub node_monitor_grace_period: Duration,
+    /// `--terminated-pod-gc-threshold`.
+    pub terminated_pod_gc_threshold: usize,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        ControllerOptions {
+            cluster_cidr: "10.42.0.0/16".into(),
+            node_cidr_mask_size: 24,
+            node_monitor_grace_period: Duration::from_secs(50),
+            terminated_pod_gc_threshold: 12500,
+        }
+    }
 }
 
 impl Context {
     pub fn new(client: Client) -> Self {
+        Self::with_options(client, ControllerOptions::default())
+    }
+
+    pub fn with_options(client: Client, options: ControllerOptions) -> Self {
         Context {
             informers: Informers::new(client.clone()),
             recorder: EventRecorder::new(client.clone(), "controller-manager"),
             client,
+            options,
         }
     }
 }

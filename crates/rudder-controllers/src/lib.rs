@@ -36,7 +36,7 @@ use anyhow::Context as _;
 use futures::future::BoxFuture;
 use kube::Client;
 
-pub use context::Context;
+pub use context::{Context, ControllerOptions};
 
 /// A controller: builds itself on the shared informers (registering its
 /// handlers), then runs until the process stops.
@@ -107,8 +107,12 @@ pub fn select(spec: &[String]) -> anyhow::Result<BTreeSet<&'static str>> {
 
 /// Runs the chosen controllers until one fails (they do not, normally:
 /// each retries its own errors).
-pub async fn run(client: Client, controllers: &BTreeSet<&'static str>) -> anyhow::Result<()> {
-    let ctx = Context::new(client);
+pub async fn run(
+    client: Client,
+    controllers: &BTreeSet<&'static str>,
+    options: ControllerOptions,
+) -> anyhow::Result<()> {
+    let ctx = Context::with_options(client, options);
     let mut running = futures::stream::FuturesUnordered::new();
     for (name, start) in CONTROLLERS {
         if controllers.contains(name) {
@@ -131,10 +135,11 @@ pub async fn run(client: Client, controllers: &BTreeSet<&'static str>) -> anyhow
 pub async fn run_with_leader_election(
     client: Client,
     controllers: BTreeSet<&'static str>,
+    options: ControllerOptions,
 ) -> anyhow::Result<()> {
     let config = rudder_runtime::leader::LeaderElectionConfig::new("kube-controller-manager");
     rudder_runtime::leader::run_as_leader(client.clone(), config, async move {
-        run(client, &controllers).await
+        run(client, &controllers, options).await
     })
     .await
 }

@@ -155,9 +155,15 @@ impl CidrSet {
 pub fn start(ctx: &Context) -> BoxFuture<'static, anyhow::Result<()>> {
     let ctx = ctx.clone();
     async move {
-        NodeIpamController::new(&ctx, NodeIpamConfig::default())?
-            .run()
-            .await
+        NodeIpamController::new(
+            &ctx,
+            NodeIpamConfig {
+                cluster_cidr: ctx.options.cluster_cidr.clone(),
+                node_cidr_mask_size: ctx.options.node_cidr_mask_size,
+            },
+        )?
+        .run()
+        .await
     }
     .boxed()
 }

@@ -112,6 +112,37 @@ pub struct ControllerManagerArgs {
     /// acts (`--leader-elect=false` to turn it off).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
+    #[command(flatten)]
+    options: ControllerFlags,
+}
+
+/// The controller settings both `rudder server` and `rudder
+/// controller-manager` take (kube-controller-manager's flag names).
+#[derive(Args, Debug, Clone)]
+pub struct ControllerFlags {
+    /// Pod IPs come from this range; each node gets a slice of it.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
+    /// The prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// A node silent this long is marked Unknown and tainted unreachable.
+    #[arg(long, default_value = "50s", value_parser = crate::server::parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
+    /// Finished pods beyond this count are garbage-collected (0: never).
+    #[arg(long, default_value_t = 12500)]
+    terminated_pod_gc_threshold: usize,
+}
+
+impl ControllerFlags {
+    pub fn options(&self) -> rudder_controllers::ControllerOptions {
+        rudder_controllers::ControllerOptions {
+            cluster_cidr: self.cluster_cidr.clone(),
+            node_cidr_mask_size: self.node_cidr_mask_size,
+            node_monitor_grace_period: self.node_monitor_grace_period,
+            terminated_pod_gc_threshold: self.terminated_pod_gc_threshold,
+        }
+    }
 }
 
 pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
@@ -119,9 +150,14 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
     let client = client_from(args.kubeconfig.as_deref()).await?;
     let run = async {
         if args.leader_elect {
-            rudder_controllers::run_with_leader_election(client, controllers).await
+            rudder_controllers::run_with_leader_election(
+                client,
+                controllers,
+                args.options.options(),
+            )
+            .await
         } else {
-            rudder_controllers::run(client, &controllers).await
+            rudder_controllers::run(client, &controllers, args.options.options()).await
         }
     };
     tokio::select! {

@@ -37,6 +37,8 @@ pub struct ServerArgs {
     /// controller-manager` elsewhere).
     #[arg(long)]
     disable_controller_manager: bool,
+    #[command(flatten)]
+    controller_flags: crate::client::ControllerFlags,
     /// The scheduler's KubeSchedulerConfiguration file.
     #[arg(long)]
     scheduler_config: Option<PathBuf>,
@@ -46,7 +48,7 @@ pub struct ServerArgs {
     compaction_interval: Duration,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit())
             .unwrap_or(text.len()),
@@ -114,9 +116,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if !args.disable_controller_manager {
         let client = crate::client::client_from(Some(&kubeconfig)).await?;
         let controllers = rudder_controllers::select(&[])?;
+        let options = args.controller_flags.options();
         tokio::spawn(async move {
             if let Err(err) =
-                rudder_controllers::run_with_leader_election(client, controllers).await
+                rudder_controllers::run_with_leader_election(client, controllers, options).await
             {
                 tracing::error!(error = %err, "the controller manager stopped");
             }

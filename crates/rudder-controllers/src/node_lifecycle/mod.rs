@@ -106,9 +106,15 @@ impl Default for NodeLifecycleConfig {
 }
 
 pub fn start(ctx: &Context) -> BoxFuture<'static, anyhow::Result<()>> {
-    NodeLifecycleController::new(ctx, NodeLifecycleConfig::default())
-        .run()
-        .boxed()
+    NodeLifecycleController::new(
+        ctx,
+        NodeLifecycleConfig {
+            grace_period: ctx.options.node_monitor_grace_period,
+            ..Default::default()
+        },
+    )
+    .run()
+    .boxed()
 }
 
 #[derive(Default)]

@@ -55,9 +55,15 @@ impl Default for PodGcConfig {
 }
 
 pub fn start(ctx: &Context) -> BoxFuture<'static, anyhow::Result<()>> {
-    PodGcController::new(ctx, PodGcConfig::default())
-        .run()
-        .boxed()
+    PodGcController::new(
+        ctx,
+        PodGcConfig {
+            terminated_pod_threshold: ctx.options.terminated_pod_gc_threshold,
+            ..Default::default()
+        },
+    )
+    .run()
+    .boxed()
 }
 
 pub struct PodGcController {
