@@ -339,9 +339,20 @@ struct Tracker {
     counts: Counts,
 }
 
+/// A change from either watcher (boxed: the objects are large).
 enum Observed {
-    Pod(watcher::Event<Pod>),
-    Deployment(watcher::Event<Deployment>),
+    Pod(Box<watcher::Event<Pod>>),
+    Deployment(Box<watcher::Event<Deployment>>),
+}
+
+impl Observed {
+    fn pod(event: watcher::Event<Pod>) -> Self {
+        Observed::Pod(Box::new(event))
+    }
+
+    fn deployment(event: watcher::Event<Deployment>) -> Self {
+        Observed::Deployment(Box::new(event))
+    }
 }
 
 impl Tracker {
@@ -357,14 +368,14 @@ impl Tracker {
     fn handle(&mut self, observed: Observed, now: Instant) {
         match observed {
             Observed::Pod(event) => self.pods.handle(
-                event,
+                *event,
                 PodView::of,
                 &mut self.counts,
                 Counts::add_pod,
                 Counts::remove_pod,
             ),
             Observed::Deployment(event) => self.deployments.handle(
-                event,
+                *event,
                 DeploymentView::of,
                 &mut self.counts,
                 Counts::add_deployment,
@@ -389,14 +400,14 @@ async fn track(client: Client, target: Target, counts: watch::Sender<Counts>) {
         watcher::Config::default(),
     )
     .default_backoff()
-    .map(|e| e.map(Observed::Pod))
+    .map(|e| e.map(Observed::pod))
     .boxed();
     let deployments = watcher(
         Api::<Deployment>::namespaced(client, NAMESPACE),
         watcher::Config::default(),
     )
     .default_backoff()
-    .map(|e| e.map(Observed::Deployment))
+    .map(|e| e.map(Observed::deployment))
     .boxed();
     let mut events = futures::stream::select(pods, deployments);
     let mut tracker = Tracker::new(target);
@@ -726,7 +737,7 @@ pub async fn run(args: ControllersArgs) -> anyhow::Result<()> {
 
     let fmt = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "n/a".into());
     println!(
-        "controllers nodes={} deployments={} replicas={} pods={} create_to_running_s={:.1} rolling_update_s={:.1} controller_manager_rss_mb={} controller_manager_peak_rss_mb={} controller_manager_cpu_s={} server_rss_mb={} server_cpu_s={}",
+        "controllers nodes={} deployments={} replicas={} pods={} create_to_running_s={:.2} rolling_update_s={:.2} controller_manager_rss_mb={} controller_manager_peak_rss_mb={} controller_manager_cpu_s={} server_rss_mb={} server_cpu_s={}",
         args.nodes,
         args.deployments,
         args.replicas,
@@ -843,15 +854,15 @@ mod tests {
         };
         let mut tracker = Tracker::new(target);
         let t0 = Instant::now();
-        let pods = |e| Observed::Pod(e);
+        let pods = Observed::pod;
         tracker.handle(pods(watcher::Event::Init), t0);
         tracker.handle(pods(watcher::Event::InitDone), t0);
-        tracker.handle(Observed::Deployment(watcher::Event::Init), t0);
-        tracker.handle(Observed::Deployment(watcher::Event::InitDone), t0);
+        tracker.handle(Observed::deployment(watcher::Event::Init), t0);
+        tracker.handle(Observed::deployment(watcher::Event::InitDone), t0);
         assert!(tracker.counts.synced);
 
         tracker.handle(
-            Observed::Deployment(watcher::Event::Apply(deployment_with(
+            Observed::deployment(watcher::Event::Apply(deployment_with(
                 IMAGE_V1,
                 complete_status(1),
                 1,
@@ -878,7 +889,7 @@ mod tests {
         // The rollout: a new pod runs while an old one still lives.
         let t2 = t0 + Duration::from_secs(2);
         tracker.handle(
-            Observed::Deployment(watcher::Event::Apply(deployment_with(
+            Observed::deployment(watcher::Event::Apply(deployment_with(
                 IMAGE_V2,
                 complete_status(1),
                 2,
@@ -898,7 +909,7 @@ mod tests {
             t2,
         );
         tracker.handle(
-            Observed::Deployment(watcher::Event::Apply(deployment_with(
+            Observed::deployment(watcher::Event::Apply(deployment_with(
                 IMAGE_V2,
                 complete_status(2),
                 2,
@@ -928,21 +939,21 @@ mod tests {
         let now = Instant::now();
         for name in ["a", "b"] {
             tracker.handle(
-                Observed::Pod(watcher::Event::Apply(pod(name, IMAGE_V1, "Running", false))),
+                Observed::pod(watcher::Event::Apply(pod(name, IMAGE_V1, "Running", false))),
                 now,
             );
         }
         assert_eq!(tracker.counts.live, 2);
-        tracker.handle(Observed::Pod(watcher::Event::Init), now);
+        tracker.handle(Observed::pod(watcher::Event::Init), now);
         tracker.handle(
-            Observed::Pod(watcher::Event::InitApply(pod(
+            Observed::pod(watcher::Event::InitApply(pod(
                 "b", IMAGE_V1, "Pending", false,
             ))),
             now,
         );
         // Until the list is done, the counts stay as they were.
         assert_eq!(tracker.counts.running(IMAGE_V1), 2);
-        tracker.handle(Observed::Pod(watcher::Event::InitDone), now);
+        tracker.handle(Observed::pod(watcher::Event::InitDone), now);
         assert_eq!(tracker.counts.live, 1);
         assert_eq!(tracker.counts.running(IMAGE_V1), 0);
         assert!(!tracker.counts.synced, "the Deployments are not listed yet");
