@@ -53,6 +53,34 @@ pub fn start(
     flags: Option<&str>,
     extra: &[&str],
 ) -> anyhow::Result<Server> {
+    start_logged(url, bin, flags, extra, None)
+}
+
+/// Where a started process's output goes: appended to `name` in `dir`, or
+/// nowhere.
+pub fn log_output(dir: Option<&Path>, name: &str) -> anyhow::Result<Stdio> {
+    match dir {
+        Some(dir) => {
+            let path = dir.join(name);
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            Ok(file.into())
+        }
+        None => Ok(Stdio::null()),
+    }
+}
+
+/// As [`start`], with the server's output appended to `log` if given.
+pub fn start_logged(
+    url: Option<&str>,
+    bin: Option<&Path>,
+    flags: Option<&str>,
+    extra: &[&str],
+    log: Option<&Path>,
+) -> anyhow::Result<Server> {
     if let Some(url) = url {
         return Ok(Server {
             process: None,
@@ -75,9 +103,13 @@ pub fn start(
             "--data-dir",
         ])
         .arg(dir.path())
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .args(extra);
+    match log.and_then(|l| Some((l.parent()?, l.file_name()?.to_str()?))) {
+        Some((dir, name)) => command
+            .stdout(log_output(Some(dir), name)?)
+            .stderr(log_output(Some(dir), name)?),
+        None => command.stdout(Stdio::null()).stderr(Stdio::null()),
+    };
     if let Some(flags) = flags {
         command.args(flags.split_whitespace());
     }
