@@ -174,8 +174,12 @@ async fn failed_pods_are_replaced_until_the_backoff_limit() {
     // The replacement waits for the (50 ms) back-off, then starts.
     let second = live_pods(&f.pods, "flaky", 1).await;
     assert_ne!(first[0].metadata.uid, second[0].metadata.uid);
-    let j = f.jobs.get("flaky").await.unwrap();
-    assert_eq!(j.status.unwrap().failed, Some(1));
+    // The status may be written just after the replacement is created.
+    eventually("one failure counted", || async {
+        let j = f.jobs.get("flaky").await.unwrap();
+        (j.status?.failed == Some(1)).then_some(())
+    })
+    .await;
     finish(&f.pods, &second[0], "Failed", 1).await;
     let job = wait_condition(&f.jobs, "flaky", "Failed").await;
     let failed = condition(&job, "Failed").unwrap();
@@ -324,19 +328,15 @@ async fn suspending_a_job_stops_its_pods_and_resuming_restarts_them() {
         .await
         .unwrap();
     live_pods(&f.pods, "pause", 2).await;
-    let job = f.jobs.get("pause").await.unwrap();
-    let suspended = job
-        .status
-        .unwrap()
-        .conditions
-        .unwrap()
-        .into_iter()
-        .find(|c| c.type_ == "Suspended")
-        .unwrap();
-    assert_eq!(
-        (suspended.status.as_str(), suspended.reason.as_deref()),
-        ("False", Some("JobResumed"))
-    );
+    // The condition may be written just after the pods are created.
+    eventually("Suspended=False, JobResumed", || async {
+        let job = f.jobs.get("pause").await.unwrap();
+        let conditions = job.status?.conditions?;
+        let suspended = conditions.iter().find(|c| c.type_ == "Suspended")?;
+        (suspended.status == "False" && suspended.reason.as_deref() == Some("JobResumed"))
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
