@@ -22,6 +22,7 @@ pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod util;
@@ -65,6 +66,7 @@ pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("local-path-provisioner", volume::local_path::start),
     ("pvc-protection", volume::protection::start_pvc_protection),
     ("pv-protection", volume::protection::start_pv_protection),
+    ("resourcequota", resourcequota::start),
 ];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to
