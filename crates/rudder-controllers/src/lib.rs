@@ -13,6 +13,7 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod discovery;
+pub mod disruption;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod garbage_collector;
@@ -67,6 +68,7 @@ pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("pvc-protection", volume::protection::start_pvc_protection),
     ("pv-protection", volume::protection::start_pv_protection),
     ("resourcequota", resourcequota::start),
+    ("disruption", disruption::start),
 ];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to
