@@ -518,7 +518,7 @@ fn is_best_effort(spec: &Value) -> bool {
             let l = container_limits(c);
             ["cpu", "memory"]
                 .iter()
-                .all(|res| r.get(*res).is_none_or(Amount::is_zero) && l.get(*res).is_none())
+                .all(|res| r.get(*res).is_none_or(Amount::is_zero) && !l.contains_key(*res))
         })
 }
 
