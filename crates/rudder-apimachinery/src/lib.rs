@@ -4,10 +4,12 @@
 //! - [`selector`]: label and field selectors (parsing and matching).
 //! - [`strategic_merge`]: JSON merge patch and strategic merge patch.
 //! - [`quantity`]: resource quantities.
+//! - [`resources`]: exact resource arithmetic and quota usage.
 //! - [`time`]: RFC 3339 timestamps.
 
 pub mod protobuf;
 pub mod quantity;
+pub mod resources;
 pub mod selector;
 pub mod strategic_merge;
 pub mod time;

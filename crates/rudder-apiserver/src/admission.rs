@@ -82,6 +82,29 @@ impl ApiServer {
         if info.group.is_empty() && info.plural == "persistentvolumes" {
             add_finalizer(obj, PV_PROTECTION_FINALIZER);
         }
+        if info.group.is_empty() && info.plural == "limitranges" {
+            crate::limitrange::default_limit_range(obj);
+        }
+        // The validating plugins, in Kubernetes' order: LimitRanger, then
+        // ResourceQuota last, since it charges what it admits.
+        self.admit_limit_ranges(info, obj, None).await?;
+        self.admit_quota(info, obj, None).await?;
+        Ok(())
+    }
+
+    /// Runs the admission plugins that apply to a changed object (the
+    /// main resource, not a subresource), after its own checks.
+    pub(crate) async fn admit_update(
+        &self,
+        info: &ResourceInfo,
+        old: &Value,
+        obj: &mut Value,
+    ) -> ApiResult<()> {
+        if info.group.is_empty() && info.plural == "limitranges" {
+            crate::limitrange::default_limit_range(obj);
+        }
+        self.admit_limit_ranges(info, obj, Some(old)).await?;
+        self.admit_quota(info, obj, Some(old)).await?;
         Ok(())
     }
 

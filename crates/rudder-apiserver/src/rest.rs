@@ -731,6 +731,9 @@ impl ApiServer {
             // Nothing changed: no write, no new resourceVersion.
             return Ok(current);
         }
+        if path.subresource.is_none() {
+            self.admit_update(info, &current, &mut new).await?;
+        }
         let key = info.key(path.namespace.as_deref(), &name);
         let is_namespace = info.group.is_empty() && info.plural == "namespaces";
         let released = if is_namespace {

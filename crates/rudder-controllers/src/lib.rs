@@ -13,6 +13,7 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod discovery;
+pub mod disruption;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod garbage_collector;
@@ -22,6 +23,7 @@ pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod util;
@@ -65,6 +67,8 @@ pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("local-path-provisioner", volume::local_path::start),
     ("pvc-protection", volume::protection::start_pvc_protection),
     ("pv-protection", volume::protection::start_pv_protection),
+    ("resourcequota", resourcequota::start),
+    ("disruption", disruption::start),
 ];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to
