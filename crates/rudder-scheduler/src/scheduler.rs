@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::{CSINode, StorageClass};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -282,6 +283,7 @@ impl Scheduler {
         );
         let classes = tokio::spawn(self.clone().watch_volumes::<StorageClass>("storageclass"));
         let csi_nodes = tokio::spawn(self.clone().watch_volumes::<CSINode>("csinode"));
+        let pdbs = tokio::spawn(self.clone().watch_pdbs());
         let schedule = tokio::spawn(self.clone().schedule_loop());
         tokio::select! {
             r = nodes => r??,
@@ -290,6 +292,7 @@ impl Scheduler {
             r = volumes => r??,
             r = classes => r??,
             r = csi_nodes => r??,
+            r = pdbs => r??,
             r = schedule => r?,
         }
         Ok(())
@@ -399,6 +402,53 @@ impl Scheduler {
                     self.queue.move_all_to_active();
                     self.volume_changes.notify_waiters();
                 }
+            }
+        }
+    }
+
+    /// Keeps the PodDisruptionBudgets, which preemption reads, in the
+    /// cache.
+    async fn watch_pdbs(self: Arc<Self>) -> anyhow::Result<()> {
+        let api: Api<PodDisruptionBudget> = Api::all(self.client.clone());
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        let key = |pdb: &PodDisruptionBudget| {
+            format!(
+                "{}/{}",
+                pdb.metadata.namespace.as_deref().unwrap_or_default(),
+                pdb.metadata.name.as_deref().unwrap_or_default()
+            )
+        };
+        loop {
+            let event = match stream.try_next().await {
+                Ok(Some(event)) => event,
+                Ok(None) => return Ok(()),
+                Err(err) => {
+                    tracing::warn!(error = %err, "PodDisruptionBudget watch failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            match event {
+                watcher::Event::Init => seen.clear(),
+                watcher::Event::InitApply(pdb) => {
+                    seen.insert(key(&pdb));
+                    self.cache().upsert_pdb(pdb);
+                }
+                watcher::Event::InitDone => {
+                    let mut cache = self.cache();
+                    let gone: Vec<String> = cache
+                        .pdbs
+                        .keys()
+                        .filter(|k| !seen.contains(*k))
+                        .cloned()
+                        .collect();
+                    for k in gone {
+                        cache.remove_pdb(&k);
+                    }
+                }
+                watcher::Event::Apply(pdb) => self.cache().upsert_pdb(pdb),
+                watcher::Event::Delete(pdb) => self.cache().remove_pdb(&key(&pdb)),
             }
         }
     }
