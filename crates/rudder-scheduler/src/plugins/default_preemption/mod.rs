@@ -431,7 +431,14 @@ mod tests {
             "desiredHealthy": 0, "expectedPods": 0}
         }))
         .unwrap();
-        let cases: Vec<(&str, Vec<PodDisruptionBudget>, Vec<Arc<PodInfo>>, Vec<&str>)> = vec![
+        /// (case, budgets, pods in order, the violating ones)
+        type Case = (
+            &'static str,
+            Vec<PodDisruptionBudget>,
+            Vec<Arc<PodInfo>>,
+            Vec<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
             ("no budgets", vec![], vec![a1.clone(), b1.clone()], vec![]),
             (
                 "budget exhausted",
