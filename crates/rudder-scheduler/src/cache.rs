@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use rudder_apimachinery::quantity::Quantity;
 
 /// Amounts of resources: CPU in millicores, the rest in base units.
@@ -310,9 +311,26 @@ pub struct ClusterCache {
     /// pods. Others of no higher priority must leave that room to them.
     nominated: HashMap<String, Vec<Arc<PodInfo>>>,
     nominated_node: HashMap<String, String>,
+    /// PodDisruptionBudgets by `namespace/name`: preemption avoids
+    /// victims whose eviction would exceed their budget.
+    pub pdbs: BTreeMap<String, Arc<PodDisruptionBudget>>,
 }
 
 impl ClusterCache {
+    pub fn upsert_pdb(&mut self, mut pdb: PodDisruptionBudget) {
+        pdb.metadata.managed_fields = None;
+        let key = format!(
+            "{}/{}",
+            pdb.metadata.namespace.as_deref().unwrap_or_default(),
+            pdb.metadata.name.as_deref().unwrap_or_default()
+        );
+        self.pdbs.insert(key, Arc::new(pdb));
+    }
+
+    pub fn remove_pdb(&mut self, key: &str) {
+        self.pdbs.remove(key);
+    }
+
     /// Records that `pod` waits for room on `node` (after preempting).
     pub fn nominate(&mut self, pod: Arc<PodInfo>, node: &str) {
         self.clear_nomination(&pod.uid);

@@ -8,10 +8,12 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::framework::{
-    FilterPlugin, PostFilterPlugin, PreFilterPlugin, PreScorePlugin, ScorePlugin,
+    BindPlugin, FilterPlugin, PermitPlugin, PostBindPlugin, PostFilterPlugin, PreBindPlugin,
+    PreFilterPlugin, PreScorePlugin, ReservePlugin, ScorePlugin,
 };
 use crate::plugins::{
     balanced_allocation::{self, BalancedAllocation},
+    default_binder::{self, DefaultBinder},
     default_preemption::{self, DefaultPreemption},
     image_locality::{self, ImageLocality},
     inter_pod_affinity::{self, InterPodAffinity},
@@ -39,6 +41,12 @@ pub struct Profile {
     pub pre_scores: Vec<Arc<dyn PreScorePlugin>>,
     /// Score plugins with their weights.
     pub scores: Vec<(Arc<dyn ScorePlugin>, i64)>,
+    pub reserves: Vec<Arc<dyn ReservePlugin>>,
+    pub permits: Vec<Arc<dyn PermitPlugin>>,
+    pub pre_binds: Vec<Arc<dyn PreBindPlugin>>,
+    /// Never empty: the first that does not skip a pod binds it.
+    pub binds: Vec<Arc<dyn BindPlugin>>,
+    pub post_binds: Vec<Arc<dyn PostBindPlugin>>,
     /// Share of nodes to find feasible before scoring (0: adaptive).
     pub percentage_of_nodes_to_score: u32,
 }
@@ -61,6 +69,7 @@ const DEFAULTS: &[(&str, i64)] = &[
     (default_preemption::NAME, 0),
     (balanced_allocation::NAME, 1),
     (image_locality::NAME, 1),
+    (default_binder::NAME, 0),
 ];
 
 /// `KubeSchedulerConfiguration` (kubescheduler.config.k8s.io/v1), the
@@ -100,6 +109,16 @@ pub struct PluginsConfig {
     pub pre_score: PluginSet,
     #[serde(default)]
     pub score: PluginSet,
+    #[serde(default)]
+    pub reserve: PluginSet,
+    #[serde(default)]
+    pub permit: PluginSet,
+    #[serde(default)]
+    pub pre_bind: PluginSet,
+    #[serde(default)]
+    pub bind: PluginSet,
+    #[serde(default)]
+    pub post_bind: PluginSet,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +150,8 @@ pub enum ConfigError {
     UnknownPlugin(String),
     #[error("two profiles are named {0:?}")]
     DuplicateProfile(String),
+    #[error("at least one bind plugin is needed for profile with scheduler name {0:?}")]
+    NoBindPlugin(String),
 }
 
 impl SchedulerConfiguration {
@@ -166,6 +187,11 @@ struct Registration {
     post_filter: Option<Arc<dyn PostFilterPlugin>>,
     pre_score: Option<Arc<dyn PreScorePlugin>>,
     score: Option<Arc<dyn ScorePlugin>>,
+    reserve: Option<Arc<dyn ReservePlugin>>,
+    permit: Option<Arc<dyn PermitPlugin>>,
+    pre_bind: Option<Arc<dyn PreBindPlugin>>,
+    bind: Option<Arc<dyn BindPlugin>>,
+    post_bind: Option<Arc<dyn PostBindPlugin>>,
 }
 
 /// The plugin registry: every plugin by name.
@@ -208,11 +234,13 @@ fn registration(name: &str, strategy: ScoringStrategy) -> Registration {
             filter: Some(Arc::new(NodeVolumeLimits)),
             ..Default::default()
         },
-        // Filtering only: binding is left to the PV controller (see the
-        // plugin's docs).
+        // Reserve assumes the volumes in the cache; PreBind writes them
+        // and waits for the PV controller to bind the claims.
         n if n == volume_binding::NAME => Registration {
             pre_filter: Some(Arc::new(VolumeBinding)),
             filter: Some(Arc::new(VolumeBinding)),
+            reserve: Some(Arc::new(VolumeBinding)),
+            pre_bind: Some(Arc::new(VolumeBinding)),
             ..Default::default()
         },
         n if n == volume_zone::NAME => Registration {
@@ -246,6 +274,10 @@ fn registration(name: &str, strategy: ScoringStrategy) -> Registration {
             score: Some(Arc::new(ImageLocality)),
             ..Default::default()
         },
+        n if n == default_binder::NAME => Registration {
+            bind: Some(Arc::new(DefaultBinder)),
+            ..Default::default()
+        },
         _ => Registration::default(),
     }
 }
@@ -263,6 +295,11 @@ fn build(config: &ProfileConfig, global_percentage: Option<u32>) -> Result<Profi
         &plugins.post_filter,
         &plugins.pre_score,
         &plugins.score,
+        &plugins.reserve,
+        &plugins.permit,
+        &plugins.pre_bind,
+        &plugins.bind,
+        &plugins.post_bind,
     ] {
         for p in set.enabled.iter().chain(set.disabled.iter()) {
             if p.name != "*" && !DEFAULTS.iter().any(|(n, _)| *n == p.name) {
@@ -294,13 +331,21 @@ fn build(config: &ProfileConfig, global_percentage: Option<u32>) -> Result<Profi
         post_filters: Vec::new(),
         pre_scores: Vec::new(),
         scores: Vec::new(),
+        reserves: Vec::new(),
+        permits: Vec::new(),
+        pre_binds: Vec::new(),
+        binds: Vec::new(),
+        post_binds: Vec::new(),
         percentage_of_nodes_to_score: config
             .percentage_of_nodes_to_score
             .or(global_percentage)
             .unwrap_or(0),
     };
+    // Enabling a plugin at a point overrides disabling it (or `*`) for
+    // all points, as in Kubernetes.
     let on = |point: &PluginSet, name: &str| {
-        !disabled(&plugins.multi_point, name) && !disabled(point, name)
+        point.enabled.iter().any(|p| p.name == name)
+            || (!disabled(&plugins.multi_point, name) && !disabled(point, name))
     };
     let weight = |name: &str, default: i64| {
         plugins
@@ -337,6 +382,24 @@ fn build(config: &ProfileConfig, global_percentage: Option<u32>) -> Result<Profi
                 profile.scores.push((score, weight(name, *default_weight)));
             }
         }
+        if let Some(reserve) = r.reserve.filter(|_| on(&plugins.reserve, name)) {
+            profile.reserves.push(reserve);
+        }
+        if let Some(permit) = r.permit.filter(|_| on(&plugins.permit, name)) {
+            profile.permits.push(permit);
+        }
+        if let Some(pre_bind) = r.pre_bind.filter(|_| on(&plugins.pre_bind, name)) {
+            profile.pre_binds.push(pre_bind);
+        }
+        if let Some(bind) = r.bind.filter(|_| on(&plugins.bind, name)) {
+            profile.binds.push(bind);
+        }
+        if let Some(post_bind) = r.post_bind.filter(|_| on(&plugins.post_bind, name)) {
+            profile.post_binds.push(post_bind);
+        }
+    }
+    if profile.binds.is_empty() {
+        return Err(ConfigError::NoBindPlugin(profile.scheduler_name));
     }
     Ok(profile)
 }
@@ -353,6 +416,20 @@ mod tests {
         assert_eq!(p.pre_filters.len(), 6);
         assert_eq!(p.scores.len(), 7);
         assert_eq!(p.post_filters.len(), 1);
+        let names = |plugins: Vec<&'static str>| plugins;
+        assert_eq!(
+            names(p.reserves.iter().map(|r| r.name()).collect()),
+            vec![volume_binding::NAME]
+        );
+        assert_eq!(
+            names(p.pre_binds.iter().map(|r| r.name()).collect()),
+            vec![volume_binding::NAME]
+        );
+        assert_eq!(
+            names(p.binds.iter().map(|r| r.name()).collect()),
+            vec![default_binder::NAME]
+        );
+        assert!(p.permits.is_empty() && p.post_binds.is_empty());
         let taint = p
             .scores
             .iter()
@@ -413,5 +490,54 @@ profiles:
             .profiles(),
             Err(ConfigError::UnknownPlugin(_))
         ));
+    }
+
+    #[test]
+    fn the_binding_points_are_configured_like_the_others() {
+        let config = SchedulerConfiguration::from_yaml(
+            r#"
+profiles:
+- schedulerName: no-volume-writes
+  plugins:
+    reserve:
+      disabled:
+      - name: VolumeBinding
+    preBind:
+      disabled:
+      - name: "*"
+- schedulerName: everything-off
+  plugins:
+    multiPoint:
+      disabled:
+      - name: "*"
+    bind:
+      enabled:
+      - name: DefaultBinder
+"#,
+        )
+        .unwrap();
+        let profiles = config.profiles().unwrap();
+        let p = &profiles["no-volume-writes"];
+        assert!(p.reserves.is_empty() && p.pre_binds.is_empty());
+        assert_eq!(p.binds.len(), 1);
+        assert!(
+            p.filters.iter().any(|f| f.name() == volume_binding::NAME),
+            "only the named points are off"
+        );
+        let bare = &profiles["everything-off"];
+        assert!(bare.filters.is_empty() && bare.scores.is_empty() && bare.reserves.is_empty());
+        assert_eq!(bare.binds.len(), 1, "enabled again at its own point");
+        // A profile that cannot bind is refused.
+        let unbindable = SchedulerConfiguration::from_yaml(
+            "profiles: [{schedulerName: x, plugins: {bind: {disabled: [{name: DefaultBinder}]}}}]",
+        )
+        .unwrap();
+        match unbindable.profiles() {
+            Err(err) => assert_eq!(
+                err.to_string(),
+                "at least one bind plugin is needed for profile with scheduler name \"x\""
+            ),
+            Ok(_) => panic!("a profile without a binder was accepted"),
+        }
     }
 }

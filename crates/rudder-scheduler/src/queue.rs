@@ -265,6 +265,37 @@ impl SchedulingQueue {
         }
     }
 
+    /// A pod whose binding cycle failed (it had left the queue) comes
+    /// back with its attempts: to the unschedulable pool when a plugin
+    /// rejected it, else after a back-off. A newer version the informer
+    /// queued meanwhile is kept.
+    pub fn requeue(&self, pod: Arc<PodInfo>, attempts: u32, rejected: bool) {
+        let mut inner = self.lock();
+        let key = pod.key.clone();
+        if inner.entries.contains_key(&key) {
+            return;
+        }
+        let now = Instant::now();
+        let moves = inner.moves;
+        inner.entries.insert(
+            key.clone(),
+            Entry {
+                pod,
+                place: Place::Unschedulable,
+                attempts,
+                added: now,
+                since: now,
+                popped_at_move: moves,
+                last_message: None,
+            },
+        );
+        if !rejected {
+            inner.push_backoff(&key);
+        }
+        drop(inner);
+        self.notify.notify_one();
+    }
+
     /// A cluster change (a node came, a pod left) may let waiting pods in.
     pub fn move_all_to_active(&self) {
         let mut inner = self.lock();

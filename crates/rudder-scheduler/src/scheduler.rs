@@ -9,19 +9,20 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::{CSINode, StorageClass};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::Client;
 use serde_json::json;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::{ClusterCache, NodeInfo, PodInfo};
+use crate::framework::runtime::{self, PermitOutcome};
 use crate::framework::{
-    unschedulable_message, Code, CycleState, FilterPlugin, NodeStatuses, Nomination,
-    PreFilterPlugin, Status, MAX_NODE_SCORE,
+    unschedulable_message, Code, CycleState, FilterPlugin, Handle, NodeStatuses, Nomination,
+    PreFilterPlugin, Status, WaitingPod, WaitingPods, MAX_NODE_SCORE,
 };
-use crate::plugins::volume_binding::{self, AssumedVolumes};
 use crate::profile::Profile;
 use crate::queue::SchedulingQueue;
 use crate::volume_cache::VolumeObject;
@@ -31,8 +32,6 @@ const MAX_BINDINGS_IN_FLIGHT: usize = 256;
 /// How long PreBind waits for a pod's claims to be bound (VolumeBinding's
 /// `bindTimeoutSeconds` default).
 pub const DEFAULT_VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(600);
-/// How often PreBind looks at the claims when no change wakes it.
-const VOLUME_BIND_POLL: Duration = Duration::from_secs(1);
 
 /// The outcome of one scheduling cycle.
 pub enum Decision {
@@ -81,12 +80,24 @@ pub fn schedule_one(
     start: &mut usize,
     seed: u64,
 ) -> Decision {
+    schedule_one_with_state(profile, cache, pod, start, seed, &mut CycleState::default())
+}
+
+/// [`schedule_one`], leaving what PreFilter and PreScore found in `state`
+/// for the later extension points.
+pub fn schedule_one_with_state(
+    profile: &Profile,
+    cache: &ClusterCache,
+    pod: &PodInfo,
+    start: &mut usize,
+    seed: u64,
+    state: &mut CycleState,
+) -> Decision {
     let total = cache.node_order.len();
-    let mut state = CycleState::default();
     let mut statuses = NodeStatuses::new();
     let mut skipped_filters: HashSet<&'static str> = HashSet::new();
     for plugin in &profile.pre_filters {
-        let status = plugin.pre_filter(&mut state, pod, cache);
+        let status = plugin.pre_filter(state, pod, cache);
         match status.code {
             Code::Success => {}
             Code::Skip => {
@@ -112,7 +123,7 @@ pub fn schedule_one(
     let run_filters = |node: &NodeInfo| -> Status {
         let node = cache.node_for(node, pod);
         for filter in &filters {
-            let status = filter.filter(&state, pod, &node);
+            let status = filter.filter(state, pod, &node);
             if !status.is_success() {
                 return status;
             }
@@ -175,7 +186,7 @@ pub fn schedule_one(
     }
     let mut skipped_scores: HashSet<&'static str> = HashSet::new();
     for plugin in &profile.pre_scores {
-        if plugin.pre_score(&mut state, pod, &feasible, cache).code == Code::Skip {
+        if plugin.pre_score(state, pod, &feasible, cache).code == Code::Skip {
             skipped_scores.insert(plugin.name());
         }
     }
@@ -186,9 +197,9 @@ pub fn schedule_one(
             continue;
         }
         for (i, node) in feasible.iter().enumerate() {
-            scores[i] = plugin.score(&state, pod, node);
+            scores[i] = plugin.score(state, pod, node);
         }
-        plugin.normalize(&state, pod, &mut scores);
+        plugin.normalize(state, pod, &mut scores);
         for (t, s) in totals.iter_mut().zip(&scores) {
             *t += s.clamp(&0, &MAX_NODE_SCORE) * weight;
         }
@@ -213,24 +224,19 @@ pub fn schedule_one(
 
 /// What the loop does with a decided pod.
 enum Placement {
-    /// Bind it, after writing its volumes.
-    Bind(String, AssumedVolumes),
+    /// Reserved on the node: bind it in a binding task, after Permit's
+    /// wait if it asked for one.
+    Bind {
+        node: String,
+        state: CycleState,
+        waiting: Option<Arc<WaitingPod>>,
+    },
     Unschedulable {
         message: String,
         nomination: Option<Nomination>,
     },
 }
 
-/// Whether the profile runs VolumeBinding (and so its PreBind).
-fn binds_volumes(profile: &Profile) -> bool {
-    profile
-        .pre_filters
-        .iter()
-        .any(|p| p.name() == volume_binding::NAME)
-}
-
-/// The running scheduler: shared by the loop, the informers and the
-/// binding tasks.
 pub struct Scheduler {
     client: Client,
     profiles: HashMap<String, Arc<Profile>>,
@@ -241,6 +247,30 @@ pub struct Scheduler {
     volume_changes: Notify,
     /// PreBind's limit, in milliseconds.
     volume_bind_timeout_ms: AtomicU64,
+    /// Pods held at Permit.
+    waiting: WaitingPods,
+}
+
+impl Handle for Scheduler {
+    fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, ClusterCache> {
+        Scheduler::cache(self)
+    }
+
+    fn volume_changes(&self) -> &Notify {
+        &self.volume_changes
+    }
+
+    fn volume_bind_timeout(&self) -> Duration {
+        Duration::from_millis(self.volume_bind_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    fn waiting_pods(&self) -> &WaitingPods {
+        &self.waiting
+    }
 }
 
 impl Scheduler {
@@ -253,6 +283,7 @@ impl Scheduler {
             bindings: Arc::new(Semaphore::new(MAX_BINDINGS_IN_FLIGHT)),
             volume_changes: Notify::new(),
             volume_bind_timeout_ms: AtomicU64::new(DEFAULT_VOLUME_BIND_TIMEOUT.as_millis() as u64),
+            waiting: WaitingPods::default(),
         })
     }
 
@@ -282,6 +313,7 @@ impl Scheduler {
         );
         let classes = tokio::spawn(self.clone().watch_volumes::<StorageClass>("storageclass"));
         let csi_nodes = tokio::spawn(self.clone().watch_volumes::<CSINode>("csinode"));
+        let pdbs = tokio::spawn(self.clone().watch_pdbs());
         let schedule = tokio::spawn(self.clone().schedule_loop());
         tokio::select! {
             r = nodes => r??,
@@ -290,6 +322,7 @@ impl Scheduler {
             r = volumes => r??,
             r = classes => r??,
             r = csi_nodes => r??,
+            r = pdbs => r??,
             r = schedule => r?,
         }
         Ok(())
@@ -403,6 +436,53 @@ impl Scheduler {
         }
     }
 
+    /// Keeps the PodDisruptionBudgets, which preemption reads, in the
+    /// cache.
+    async fn watch_pdbs(self: Arc<Self>) -> anyhow::Result<()> {
+        let api: Api<PodDisruptionBudget> = Api::all(self.client.clone());
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        let key = |pdb: &PodDisruptionBudget| {
+            format!(
+                "{}/{}",
+                pdb.metadata.namespace.as_deref().unwrap_or_default(),
+                pdb.metadata.name.as_deref().unwrap_or_default()
+            )
+        };
+        loop {
+            let event = match stream.try_next().await {
+                Ok(Some(event)) => event,
+                Ok(None) => return Ok(()),
+                Err(err) => {
+                    tracing::warn!(error = %err, "PodDisruptionBudget watch failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            match event {
+                watcher::Event::Init => seen.clear(),
+                watcher::Event::InitApply(pdb) => {
+                    seen.insert(key(&pdb));
+                    self.cache().upsert_pdb(pdb);
+                }
+                watcher::Event::InitDone => {
+                    let mut cache = self.cache();
+                    let gone: Vec<String> = cache
+                        .pdbs
+                        .keys()
+                        .filter(|k| !seen.contains(*k))
+                        .cloned()
+                        .collect();
+                    for k in gone {
+                        cache.remove_pdb(&k);
+                    }
+                }
+                watcher::Event::Apply(pdb) => self.cache().upsert_pdb(pdb),
+                watcher::Event::Delete(pdb) => self.cache().remove_pdb(&key(&pdb)),
+            }
+        }
+    }
+
     async fn watch_pods(self: Arc<Self>) -> anyhow::Result<()> {
         let api: Api<Pod> = Api::all(self.client.clone());
         let mut seen: HashSet<String> = HashSet::new();
@@ -486,6 +566,8 @@ impl Scheduler {
     fn on_pod_gone(&self, uid: &str, key: &str, known: &mut HashMap<String, String>) {
         known.remove(uid);
         self.queue.remove(key);
+        // A pod held at Permit stops waiting (as Kubernetes' "removed").
+        self.waiting.reject(uid, "removed");
         let mut cache = self.cache();
         cache.remove_pod(uid);
         cache.clear_nomination(uid);
@@ -512,51 +594,21 @@ impl Scheduler {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let decision = {
+            let (decision, mut state) = {
                 let cache = self.cache();
                 if cache.is_assumed_or_bound(&pod.uid) {
                     drop(cache);
                     self.queue.done(&pod.key);
                     continue;
                 }
-                let decision = schedule_one(&profile, &cache, &pod, &mut start, seed);
+                let mut state = CycleState::default();
+                let decision =
+                    schedule_one_with_state(&profile, &cache, &pod, &mut start, seed, &mut state);
                 drop(cache);
-                decision
+                (decision, state)
             };
             let decision = match decision {
-                Decision::Node(node) if binds_volumes(&profile) => {
-                    // Reserve: the pod's volumes are taken in the cache
-                    // with the pod, under one lock.
-                    let mut cache = self.cache();
-                    let planned = match cache.nodes.get(&node) {
-                        Some(info) => volume_binding::find_pod_volumes(&cache, &pod, info),
-                        None => Err(Status::error(format!("node {node:?} not found"))),
-                    };
-                    match planned {
-                        Ok(plan) => {
-                            let assumed = volume_binding::assume_pod_volumes(
-                                &mut cache.volumes,
-                                &plan,
-                                &node,
-                            );
-                            cache.assume(pod.clone(), &node);
-                            Placement::Bind(node, assumed)
-                        }
-                        // The cache changed between Filter and here.
-                        Err(status) => Placement::Unschedulable {
-                            message: format!(
-                                "running Reserve plugin \"{}\": {}",
-                                volume_binding::NAME,
-                                status.reasons.join(", ")
-                            ),
-                            nomination: None,
-                        },
-                    }
-                }
-                Decision::Node(node) => {
-                    self.cache().assume(pod.clone(), &node);
-                    Placement::Bind(node, AssumedVolumes::default())
-                }
+                Decision::Node(node) => self.reserve_and_permit(&profile, &mut state, &pod, node),
                 Decision::Unschedulable {
                     message,
                     nomination,
@@ -566,13 +618,23 @@ impl Scheduler {
                 },
             };
             match decision {
-                Placement::Bind(node, volumes) => {
+                Placement::Bind {
+                    node,
+                    state,
+                    waiting,
+                } => {
                     self.queue.done(&pod.key);
-                    let permit = self.bindings.clone().acquire_owned().await.ok();
+                    // A pod held at Permit takes its binding slot only
+                    // once allowed, so waiting pods never stall the loop.
+                    let slot = match waiting {
+                        None => self.bindings.clone().acquire_owned().await.ok(),
+                        Some(_) => None,
+                    };
                     let this = self.clone();
+                    let attempts = popped.attempts;
                     tokio::spawn(async move {
-                        let _permit = permit;
-                        this.bind(pod, node, popped.attempts, volumes).await;
+                        this.binding_cycle(profile, state, pod, node, attempts, waiting, slot)
+                            .await;
                     });
                 }
                 Placement::Unschedulable {
@@ -592,119 +654,158 @@ impl Scheduler {
         }
     }
 
-    async fn bind(&self, pod: Arc<PodInfo>, node: String, attempts: u32, volumes: AssumedVolumes) {
-        if !volumes.is_empty() {
-            match self.bind_pod_volumes(&pod, &node, &volumes).await {
-                Ok(true) => {}
-                // The pod went away meanwhile.
-                Ok(false) => return,
-                Err(err) => {
-                    let message = format!(
-                        "running PreBind plugin \"{}\": binding volumes: {err}",
-                        volume_binding::NAME
-                    );
-                    tracing::info!(pod = %pod.key, node, error = %message, "cannot bind the pod's volumes; will retry");
-                    {
-                        let mut cache = self.cache();
-                        volume_binding::revert_assumed_volumes(&mut cache.volumes, &volumes);
-                        cache.forget(&pod.uid);
-                    }
-                    let name = pod.pod.metadata.name.clone().unwrap_or_default();
-                    self.event(
-                        &pod.namespace,
-                        &name,
-                        &pod.uid,
-                        "FailedScheduling",
-                        &message,
-                        "Warning",
-                    )
-                    .await;
-                    self.queue.add_or_update(pod.clone());
-                    return;
-                }
+    /// Assumes the pod on `node` and runs Reserve on it under the same
+    /// cache lock, then Permit; undoes Reserve if either refuses.
+    fn reserve_and_permit(
+        &self,
+        profile: &Profile,
+        state: &mut CycleState,
+        pod: &Arc<PodInfo>,
+        node: String,
+    ) -> Placement {
+        {
+            let mut cache = self.cache();
+            cache.assume(pod.clone(), &node);
+            let status = runtime::run_reserve(profile, state, pod, &node, &mut cache);
+            if !status.is_success() {
+                runtime::run_unreserve(profile, state, pod, &node, &mut cache);
+                cache.forget(&pod.uid);
+                return Placement::Unschedulable {
+                    message: status.reasons.join(", "),
+                    nomination: None,
+                };
             }
         }
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
-        let name = pod.pod.metadata.name.clone().unwrap_or_default();
-        let binding = json!({
-            "apiVersion": "v1",
-            "kind": "Binding",
-            "metadata": {"name": name, "namespace": pod.namespace, "uid": pod.uid},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-        });
-        match api
-            .create_subresource::<serde_json::Value, serde_json::Value>(
-                "binding",
-                &name,
-                &PostParams::default(),
-                &binding,
-            )
-            .await
-        {
-            Ok(_) => tracing::debug!(pod = %pod.key, node, "bound"),
-            Err(err) => {
-                tracing::info!(pod = %pod.key, node, attempts, error = %err, "binding failed; will retry");
-                self.cache().forget(&pod.uid);
-                let gone = matches!(&err, kube::Error::Api(s) if s.code == 404);
-                if !gone {
-                    // Back in line, after a pause.
-                    self.queue.add_or_update(pod.clone());
+        match runtime::run_permit(profile, state, pod, &node, &self.waiting) {
+            PermitOutcome::Allow => Placement::Bind {
+                node,
+                state: std::mem::take(state),
+                waiting: None,
+            },
+            PermitOutcome::Wait(waiting) => Placement::Bind {
+                node,
+                state: std::mem::take(state),
+                waiting: Some(waiting),
+            },
+            PermitOutcome::Reject(status) => {
+                let mut cache = self.cache();
+                runtime::run_unreserve(profile, state, pod, &node, &mut cache);
+                cache.forget(&pod.uid);
+                Placement::Unschedulable {
+                    message: status.reasons.join(", "),
+                    nomination: None,
                 }
             }
         }
     }
 
-    /// VolumeBinding's PreBind (Kubernetes' `BindPodVolumes`): writes the
-    /// volumes' `claimRef`s and the claims' selected node, then waits,
-    /// without holding up the scheduling loop, until the PV controller has
-    /// bound every claim. `Ok(false)` when the pod is no longer waiting to
-    /// be bound (deleted meanwhile).
-    async fn bind_pod_volumes(
+    /// The binding cycle, in its own task: Permit's wait, PreBind, Bind,
+    /// PostBind. A failure unreserves the pod and sends it back to the
+    /// queue.
+    #[allow(clippy::too_many_arguments)]
+    async fn binding_cycle(
+        self: Arc<Self>,
+        profile: Arc<Profile>,
+        state: CycleState,
+        pod: Arc<PodInfo>,
+        node: String,
+        attempts: u32,
+        waiting: Option<Arc<WaitingPod>>,
+        mut slot: Option<OwnedSemaphorePermit>,
+    ) {
+        if let Some(waiting) = waiting {
+            let status = waiting.wait().await;
+            self.waiting.remove(&pod.uid);
+            if !status.is_success() {
+                return self
+                    .binding_failed(&profile, &state, &pod, &node, attempts, status)
+                    .await;
+            }
+            slot = self.bindings.clone().acquire_owned().await.ok();
+        }
+        let _slot = slot;
+        let status = runtime::run_pre_bind(&profile, self.as_ref(), &state, &pod, &node).await;
+        if !status.is_success() {
+            return self
+                .binding_failed(&profile, &state, &pod, &node, attempts, status)
+                .await;
+        }
+        let status = runtime::run_bind(&profile, self.as_ref(), &state, &pod, &node).await;
+        if !status.is_success() {
+            return self
+                .binding_failed(&profile, &state, &pod, &node, attempts, status)
+                .await;
+        }
+        tracing::debug!(pod = %pod.key, node, "bound");
+        runtime::run_post_bind(&profile, &state, &pod, &node);
+    }
+
+    /// Kubernetes' `handleBindingCycleError`: Unreserve, forget the
+    /// assumed pod (its room is free again), and unless the pod is gone,
+    /// schedule it again: a rejected pod waits for a cluster change, a
+    /// failed one retries after a back-off.
+    async fn binding_failed(
         &self,
-        pod: &PodInfo,
+        profile: &Profile,
+        state: &CycleState,
+        pod: &Arc<PodInfo>,
         node: &str,
-        volumes: &AssumedVolumes,
-    ) -> Result<bool, String> {
-        let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
-        for pv in &volumes.volumes {
-            let name = pv.metadata.name.clone().unwrap_or_default();
-            pvs.replace(&name, &PostParams::default(), pv)
-                .await
-                .map_err(|e| format!("failed to update PersistentVolume {name:?}: {e}"))?;
+        attempts: u32,
+        status: Status,
+    ) {
+        let message = status.reasons.join(", ");
+        {
+            let mut cache = self.cache();
+            runtime::run_unreserve(profile, state, pod, node, &mut cache);
+            cache.forget(&pod.uid);
         }
-        for pvc in &volumes.claims {
-            let name = pvc.metadata.name.clone().unwrap_or_default();
-            let namespace = pvc.metadata.namespace.as_deref().unwrap_or_default();
-            let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
-            api.replace(&name, &PostParams::default(), pvc)
-                .await
-                .map_err(|e| {
-                    format!("failed to update PersistentVolumeClaim {namespace}/{name}: {e}")
-                })?;
+        self.queue.move_all_to_active();
+        if self.pod_is_gone(pod).await {
+            tracing::debug!(pod = %pod.key, node, reason = %message, "binding stopped: the pod is gone");
+            return;
         }
-        let timeout = Duration::from_millis(self.volume_bind_timeout_ms.load(Ordering::Relaxed));
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let changed = self.volume_changes.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            {
-                let cache = self.cache();
-                if !cache.is_assumed_or_bound(&pod.uid) {
-                    return Ok(false);
-                }
-                let Some(info) = cache.nodes.get(node) else {
-                    return Err(format!("node {node:?} not found"));
-                };
-                if volume_binding::check_bindings(&cache.volumes, volumes, info)? {
-                    return Ok(true);
-                }
+        tracing::info!(pod = %pod.key, node, attempts, error = %message, "binding cycle failed; will retry");
+        let rejected = matches!(
+            status.code,
+            Code::Unschedulable | Code::UnschedulableAndUnresolvable
+        );
+        self.queue.requeue(pod.clone(), attempts, rejected);
+        if rejected {
+            self.report_unschedulable(pod.clone(), message, None).await;
+        } else {
+            let name = pod.pod.metadata.name.clone().unwrap_or_default();
+            self.event(
+                &pod.namespace,
+                &name,
+                &pod.uid,
+                "FailedScheduling",
+                &message,
+                "Warning",
+            )
+            .await;
+        }
+    }
+
+    /// Whether the pod no longer waits for this scheduler: deleted (or
+    /// being deleted), replaced by another of the same name, or bound.
+    async fn pod_is_gone(&self, pod: &PodInfo) -> bool {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let name = pod.pod.metadata.name.as_deref().unwrap_or_default();
+        match api.get_opt(name).await {
+            Ok(Some(current)) => {
+                current.metadata.uid.as_deref() != Some(pod.uid.as_str())
+                    || current.metadata.deletion_timestamp.is_some()
+                    || current
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.as_deref())
+                        .is_some_and(|n| !n.is_empty())
             }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Err("context deadline exceeded".into());
+            Ok(None) => true,
+            Err(err) => {
+                tracing::debug!(pod = %pod.key, error = %err, "cannot look the pod up");
+                false
             }
-            let _ = tokio::time::timeout((deadline - now).min(VOLUME_BIND_POLL), changed).await;
         }
     }
 

@@ -4,8 +4,17 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use crate::cache::{ClusterCache, NodeInfo, PodInfo};
+
+pub mod runtime;
+pub mod waiting;
+
+pub use waiting::{WaitingPod, WaitingPods};
 
 /// Highest score a plugin gives a node (after normalization).
 pub const MAX_NODE_SCORE: i64 = 100;
@@ -120,6 +129,81 @@ pub trait ScorePlugin: Plugin {
     fn score(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> i64;
 
     fn normalize(&self, _state: &CycleState, _pod: &PodInfo, _scores: &mut [i64]) {}
+}
+
+/// What the scheduler lends plugins whose work reaches beyond one
+/// scheduling cycle (Kubernetes' framework `Handle`): the API client, the
+/// cache, and the pods waiting at Permit.
+pub trait Handle: Send + Sync {
+    fn client(&self) -> &kube::Client;
+    /// The cache, locked: never hold it across an `.await`.
+    fn cache(&self) -> MutexGuard<'_, ClusterCache>;
+    /// Notified on every PersistentVolume and claim change.
+    fn volume_changes(&self) -> &tokio::sync::Notify;
+    /// How long VolumeBinding's PreBind waits for claims to be bound.
+    fn volume_bind_timeout(&self) -> Duration;
+    /// Pods held at Permit; plugins allow or reject them through it.
+    fn waiting_pods(&self) -> &WaitingPods;
+}
+
+/// Runs on the assumed pod, in the scheduling cycle and under the cache
+/// lock, to take what the pod will use (volumes, devices). When a later
+/// step fails, `unreserve` runs on every Reserve plugin in reverse order,
+/// so it must cope with a `reserve` that never ran or failed.
+pub trait ReservePlugin: Plugin {
+    fn reserve(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        node: &str,
+        cache: &mut ClusterCache,
+    ) -> Status;
+
+    fn unreserve(&self, state: &CycleState, pod: &PodInfo, node: &str, cache: &mut ClusterCache);
+}
+
+/// What a Permit plugin says about binding a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PermitDecision {
+    Allow,
+    /// Hold the pod (off the scheduling loop) until the plugin allows or
+    /// rejects it through [`WaitingPods`], or the timeout rejects it.
+    Wait(Duration),
+    /// Do not bind: the reasons are told to the user.
+    Reject(Status),
+}
+
+/// The last say before binding (gang scheduling, quotas).
+pub trait PermitPlugin: Plugin {
+    fn permit(&self, state: &mut CycleState, pod: &PodInfo, node: &str) -> PermitDecision;
+}
+
+/// Runs in the binding task before Bind (writing the pod's volumes and
+/// waiting for them).
+pub trait PreBindPlugin: Plugin {
+    fn pre_bind<'a>(
+        &'a self,
+        handle: &'a dyn Handle,
+        state: &'a CycleState,
+        pod: &'a PodInfo,
+        node: &'a str,
+    ) -> BoxFuture<'a, Status>;
+}
+
+/// Binds the pod to the node; `Skip` leaves it to the next Bind plugin.
+pub trait BindPlugin: Plugin {
+    fn bind<'a>(
+        &'a self,
+        handle: &'a dyn Handle,
+        state: &'a CycleState,
+        pod: &'a PodInfo,
+        node: &'a str,
+    ) -> BoxFuture<'a, Status>;
+}
+
+/// Informed once the pod is bound.
+pub trait PostBindPlugin: Plugin {
+    fn post_bind(&self, state: &CycleState, pod: &PodInfo, node: &str);
 }
 
 /// What the filters said about each node, for PostFilter and the

@@ -2,6 +2,7 @@
 //! plugin set by name.
 
 pub mod balanced_allocation;
+pub mod default_binder;
 pub mod default_preemption;
 pub mod image_locality;
 pub mod inter_pod_affinity;

@@ -6,23 +6,29 @@
 //! `allowedTopologies` admit the node). Unbound claims with immediate
 //! binding wait for the PV controller.
 //!
-//! Filtering is here; the scheduler runs the Reserve and PreBind halves
-//! through [`find_pod_volumes`], [`assume_pod_volumes`] and
-//! [`check_bindings`], as Kubernetes' volume binder does: the chosen
-//! volume gets the claim in its `claimRef`, a claim to provision gets the
-//! `volume.kubernetes.io/selected-node` annotation, both are assumed in
-//! the volume cache at once, and the pod is bound only when the PV
+//! Reserve and PreBind work as Kubernetes' volume binder does: at
+//! Reserve the chosen volume gets the claim in its `claimRef` and a claim
+//! to provision gets the `volume.kubernetes.io/selected-node` annotation,
+//! both assumed in the volume cache at once (Unreserve drops them); at
+//! PreBind they are written, and the pod is bound only when the PV
 //! controller has bound every claim.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use kube::api::{Api, PostParams};
 
 use k8s_openapi::api::core::v1::{
     ObjectReference, PersistentVolume, PersistentVolumeClaim, TopologySelectorTerm,
 };
 
 use crate::cache::{ClusterCache, NodeInfo, PodInfo};
-use crate::framework::{Code, CycleState, FilterPlugin, Plugin, PreFilterPlugin, Status};
+use crate::framework::{
+    Code, CycleState, FilterPlugin, Handle, Plugin, PreBindPlugin, PreFilterPlugin, ReservePlugin,
+    Status,
+};
 use crate::plugins::selector_matches;
 use crate::volume_cache::{
     bound_volume, claim_access_modes, claim_class, claim_request, pod_claims, volume_capacity,
@@ -31,6 +37,10 @@ use crate::volume_cache::{
 
 pub const NAME: &str = "VolumeBinding";
 const STATE: &str = "VolumeBinding";
+/// Where Reserve leaves the [`AssumedVolumes`] for PreBind and Unreserve.
+const ASSUMED_STATE: &str = "VolumeBinding/assumed";
+/// How often PreBind looks at the claims when no change wakes it.
+const VOLUME_BIND_POLL: Duration = Duration::from_secs(1);
 
 pub const REASON_NODE_CONFLICT: &str = "node(s) had volume node affinity conflict";
 pub const REASON_BIND_CONFLICT: &str = "node(s) didn't find available persistent volumes to bind";
@@ -521,6 +531,112 @@ pub fn check_bindings(
         done &= fully_bound(pvc);
     }
     Ok(done)
+}
+
+impl ReservePlugin for VolumeBinding {
+    /// Kubernetes' `AssumePodVolumes` on the plan Filter accepted,
+    /// computed again on the chosen node (the cache may have changed
+    /// since).
+    fn reserve(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        node: &str,
+        cache: &mut ClusterCache,
+    ) -> Status {
+        let planned = match cache.nodes.get(node) {
+            Some(info) => find_pod_volumes(cache, pod, info),
+            None => Err(Status::error(format!("node {node:?} not found"))),
+        };
+        match planned {
+            Ok(plan) => {
+                let assumed = assume_pod_volumes(&mut cache.volumes, &plan, node);
+                state.write(ASSUMED_STATE, assumed);
+                Status::success()
+            }
+            Err(status) => status,
+        }
+    }
+
+    fn unreserve(&self, state: &CycleState, _pod: &PodInfo, _node: &str, cache: &mut ClusterCache) {
+        if let Some(assumed) = state.read::<AssumedVolumes>(ASSUMED_STATE) {
+            revert_assumed_volumes(&mut cache.volumes, assumed);
+        }
+    }
+}
+
+impl PreBindPlugin for VolumeBinding {
+    fn pre_bind<'a>(
+        &'a self,
+        handle: &'a dyn Handle,
+        state: &'a CycleState,
+        pod: &'a PodInfo,
+        node: &'a str,
+    ) -> BoxFuture<'a, Status> {
+        Box::pin(async move {
+            let Some(assumed) = state
+                .read::<AssumedVolumes>(ASSUMED_STATE)
+                .filter(|a| !a.is_empty())
+            else {
+                return Status::success();
+            };
+            match bind_pod_volumes(handle, pod, node, assumed).await {
+                Ok(()) => Status::success(),
+                Err(err) => Status::error(format!("binding volumes: {err}")),
+            }
+        })
+    }
+}
+
+/// Kubernetes' `BindPodVolumes`: writes the volumes' `claimRef`s and the
+/// claims' selected node, then waits, in the binding task, until the PV
+/// controller has bound every claim.
+async fn bind_pod_volumes(
+    handle: &dyn Handle,
+    pod: &PodInfo,
+    node: &str,
+    volumes: &AssumedVolumes,
+) -> Result<(), String> {
+    let pvs: Api<PersistentVolume> = Api::all(handle.client().clone());
+    for pv in &volumes.volumes {
+        let name = pv.metadata.name.clone().unwrap_or_default();
+        pvs.replace(&name, &PostParams::default(), pv)
+            .await
+            .map_err(|e| format!("failed to update PersistentVolume {name:?}: {e}"))?;
+    }
+    for pvc in &volumes.claims {
+        let name = pvc.metadata.name.clone().unwrap_or_default();
+        let namespace = pvc.metadata.namespace.as_deref().unwrap_or_default();
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(handle.client().clone(), namespace);
+        api.replace(&name, &PostParams::default(), pvc)
+            .await
+            .map_err(|e| {
+                format!("failed to update PersistentVolumeClaim {namespace}/{name}: {e}")
+            })?;
+    }
+    let deadline = tokio::time::Instant::now() + handle.volume_bind_timeout();
+    loop {
+        let changed = handle.volume_changes().notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        {
+            let cache = handle.cache();
+            if !cache.is_assumed_or_bound(&pod.uid) {
+                return Err("the pod is no longer waiting to be bound".into());
+            }
+            let Some(info) = cache.nodes.get(node) else {
+                return Err(format!("node {node:?} not found"));
+            };
+            if check_bindings(&cache.volumes, volumes, info)? {
+                return Ok(());
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err("context deadline exceeded".into());
+        }
+        let _ = tokio::time::timeout((deadline - now).min(VOLUME_BIND_POLL), changed).await;
+    }
 }
 
 #[cfg(test)]
