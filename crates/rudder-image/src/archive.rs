@@ -101,10 +101,16 @@ impl ImageStore {
         let entries = tar.entries().map_err(|e| corrupt(e.to_string()))?;
         let mut count = 0;
         for entry in entries {
-            let mut entry = entry.map_err(|e| corrupt(e.to_string()))?;
+            let mut entry = entry.map_err(|e| corrupt(error_chain(&e)))?;
             let kind = entry.header().entry_type();
             if kind.is_file() || kind.is_dir() || kind.is_symlink() || kind.is_hard_link() {
-                let unpacked = entry.unpack_in(temp).map_err(|e| corrupt(e.to_string()))?;
+                let name = entry
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                let unpacked = entry
+                    .unpack_in(temp)
+                    .map_err(|e| corrupt(format!("{name}: {}", error_chain(&e))))?;
                 if !unpacked {
                     return Err(corrupt("an entry lies outside the archive".into()));
                 }
@@ -129,6 +135,28 @@ impl ImageStore {
                     .into(),
             ))
         }
+    }
+}
+
+/// An error with its causes: the tar crate wraps the useful one ("unexpected
+/// end of file") in one that names only our temporary path.
+fn error_chain(error: &std::io::Error) -> String {
+    let mut text = String::new();
+    let mut cause: Option<&dyn std::error::Error> = error.get_ref().map(|e| e as _).or(Some(error));
+    while let Some(current) = cause {
+        let message = current.to_string();
+        if !message.starts_with("failed to unpack") {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&message);
+        }
+        cause = current.source();
+    }
+    if text.is_empty() {
+        error.to_string()
+    } else {
+        text
     }
 }
 

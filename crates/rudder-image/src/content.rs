@@ -229,6 +229,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     fn files_under(dir: &Path) -> Vec<PathBuf> {
         let mut found = Vec::new();
