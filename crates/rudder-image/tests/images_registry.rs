@@ -328,3 +328,76 @@ async fn a_mirror_is_tried_before_the_registry() {
     assert_eq!(report.endpoint, "127.0.0.1:5000");
     assert_eq!(report.record.name, "mirror.invalid/busybox:1.35");
 }
+
+/// skopeo writes the registry's image as an OCI archive; tampering with one
+/// blob must fail the import with a digest mismatch and leave nothing.
+#[test]
+fn oci_archives_import_and_tampered_blobs_are_refused() {
+    require_images!();
+    let (dir, store) = store();
+    let archive = dir.path().join("layered-oci.tar");
+    let copied = Command::new("skopeo")
+        .args([
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            &format!("docker://{LAYERED}"),
+        ])
+        .arg(format!("oci-archive:{}:{LAYERED}", archive.display()))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let records = store.import_archive(&archive).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].name, LAYERED);
+    let image = store.image(LAYERED).unwrap();
+    assert!(is_whiteout(&image.layer_dirs[2].join("data/gone.txt")));
+
+    // Rewrite the largest blob (the busybox layer) with different bytes of the same size.
+    let (_other, fresh) = self::store();
+    let unpacked = dir.path().join("unpacked");
+    fs::create_dir(&unpacked).unwrap();
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let blobs = unpacked.join("blobs/sha256");
+    let largest = fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = fs::read(&largest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    fs::write(&largest, bytes).unwrap();
+    let tampered = dir.path().join("tampered.tar");
+    let status = Command::new("tar")
+        .arg("-cf")
+        .arg(&tampered)
+        .arg("-C")
+        .arg(&unpacked)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let error = fresh.import_archive(&tampered).unwrap_err();
+    match &error {
+        Error::DigestMismatch { what, expected, .. } => {
+            assert!(what.contains("tampered.tar"), "{error}");
+            assert!(
+                largest.ends_with(expected.trim_start_matches("sha256:")),
+                "{error}"
+            );
+        }
+        other => panic!("expected a digest mismatch, got {other}"),
+    }
+    assert!(fresh.list().unwrap().is_empty());
+    assert!(entries(&fresh.root().join("content/sha256")).is_empty());
+    assert!(entries(&fresh.root().join("layers")).is_empty());
+    assert!(entries(&fresh.root().join("ingest")).is_empty());
+}
