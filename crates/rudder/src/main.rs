@@ -1,6 +1,7 @@
 //! The `rudder` binary: wires the components into one program.
 
 mod client;
+mod ctr;
 mod kubeconfig;
 mod server;
 
@@ -33,6 +34,8 @@ enum Command {
     ControllerManager(client::ControllerManagerArgs),
     /// Registers simulated nodes and acts as their kubelet (like kwok).
     Simulate(client::SimulateArgs),
+    /// Operates the node's container runtime: images (like ctr/crictl).
+    Ctr(ctr::CtrArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,5 +55,6 @@ fn main() -> anyhow::Result<()> {
         Command::Scheduler(args) => runtime.block_on(client::run_scheduler(args)),
         Command::ControllerManager(args) => runtime.block_on(client::run_controller_manager(args)),
         Command::Simulate(args) => runtime.block_on(client::run_simulate(args)),
+        Command::Ctr(args) => runtime.block_on(ctr::run(args)),
     }
 }
