@@ -60,8 +60,9 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         args.rudder_bin.as_deref(),
         args.server_flags.as_deref(),
         // The API server alone: an in-process scheduler would try to
-        // place the 10,000 node-less pods and write events about them.
-        &["--disable-scheduler"],
+        // place the 10,000 node-less pods and write events about them, and
+        // controllers would add their own load.
+        &["--disable-scheduler", "--disable-controller-manager"],
     )?;
     let pid = server.pid();
     let client = Client::try_from(kube::Config::new(server.url.parse()?))?;

@@ -230,7 +230,9 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
         None,
         args.rudder_bin.as_deref(),
         None,
-        &["--disable-scheduler"],
+        // The API server and this scheduler only, as upstream's
+        // scheduler_perf runs it: no controllers.
+        &["--disable-scheduler", "--disable-controller-manager"],
     )?;
     let client = Client::try_from(kube::Config::new(server.url.parse()?))?;
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
