@@ -9,12 +9,14 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::Client;
 use serde_json::json;
+use tokio::time::Instant;
 
 use crate::addressing::{Claim, PodIpPool};
 use crate::list_watch::Change;
@@ -69,7 +71,16 @@ struct TrackedPod {
     pod_ip: Option<Ipv4Addr>,
     /// The latest object, while there is something to do with it.
     work: Option<Arc<Pod>>,
+    /// When the simulator first saw the pod's deletion: its "containers"
+    /// take [`STOP_TIME`] to stop, as real ones take a moment.
+    stopping_since: Option<Instant>,
 }
+
+/// How long a simulated pod takes to stop after a graceful delete (never
+/// longer than its grace period). A real node never completes a deletion
+/// within the same millisecond; clients such as `kubectl delete` that list
+/// and then watch for the deletion depend on that.
+const STOP_TIME: Duration = Duration::from_secs(1);
 
 pub(crate) fn pod_key(pod: &Pod) -> PodKey {
     format!(
@@ -189,6 +200,7 @@ impl Kubelet {
             node,
             pod_ip: None,
             work: None,
+            stopping_since: None,
         });
         if tracked.pod_ip.is_none() && !pod_status::uses_host_network(&pod) {
             // A pod that already has an address from this node's range
@@ -324,7 +336,22 @@ impl Kubelet {
         }
         match pod_status::next_action(&pod) {
             PodAction::Nothing => None,
-            PodAction::Delete => Some(Step::Delete(pod)),
+            PodAction::Delete => {
+                let since = *tracked.stopping_since.get_or_insert_with(Instant::now);
+                let grace = pod
+                    .metadata
+                    .deletion_grace_period_seconds
+                    .unwrap_or(0)
+                    .max(0) as u64;
+                let done_at = since + STOP_TIME.min(Duration::from_secs(grace));
+                if Instant::now() < done_at {
+                    // Still "stopping": look again then.
+                    tracked.work = Some(pod);
+                    self.queue.add_at(key.to_owned(), done_at);
+                    return None;
+                }
+                Some(Step::Delete(pod))
+            }
             PodAction::MarkRunning => {
                 let host_ip = node.addresses.node_ip;
                 let pod_ip = if pod_status::uses_host_network(&pod) {

@@ -75,6 +75,12 @@ impl<K: Clone + Eq + Hash + Ord> WorkQueue<K> {
         }
     }
 
+    /// Queues `key` once `at` has come.
+    pub(crate) fn add_at(&self, key: K, at: Instant) {
+        self.lock().retries.push(Reverse((at, key)));
+        self.delayed.notify_one();
+    }
+
     /// The next key to work on; the caller must call [`done`](Self::done)
     /// with it.
     pub(crate) async fn next(&self) -> K {
