@@ -149,6 +149,55 @@ impl CronJobController {
         result.map(|(requeue, _)| requeue)
     }
 
+    /// Whether the live CronJob says this time was already started, or
+    /// (under Forbid) that a Job still runs: the caches may lag this
+    /// controller's own last writes (the Job it created and the status
+    /// listing it), and deciding on them alone could start a Job twice.
+    /// One read per Job about to be created, as upstream re-reads the
+    /// CronJob before trusting its active list.
+    async fn started_already(
+        &self,
+        cronjob: &CronJob,
+        jobs: &[Arc<Job>],
+        scheduled: Timestamp,
+    ) -> Result<bool, kube::Error> {
+        let ns = cronjob.namespace().unwrap_or_default();
+        let api: Api<CronJob> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let Some(fresh) = api.get_opt(&cronjob.name_any()).await? else {
+            return Ok(true);
+        };
+        if fresh.uid() != cronjob.uid() {
+            return Ok(true);
+        }
+        let status = fresh.status.unwrap_or_default();
+        if status
+            .last_schedule_time
+            .as_ref()
+            .is_some_and(|t| t.0 >= scheduled)
+        {
+            return Ok(true);
+        }
+        let forbid = cronjob
+            .spec
+            .as_ref()
+            .and_then(|s| s.concurrency_policy.as_deref())
+            == Some("Forbid");
+        if !forbid {
+            return Ok(false);
+        }
+        // Jobs the cache already shows finished do not count.
+        let finished: HashSet<String> = jobs
+            .iter()
+            .filter(|j| finished_condition(j).is_some())
+            .filter_map(|j| j.uid())
+            .collect();
+        Ok(status
+            .active
+            .iter()
+            .flatten()
+            .any(|r| r.uid.as_ref().is_none_or(|uid| !finished.contains(uid))))
+    }
+
     /// Syncs one CronJob; returns when to look again and whether its
     /// status changed.
     async fn sync_cronjob(
@@ -365,6 +414,9 @@ impl CronJobController {
             _ => {}
         }
 
+        if self.started_already(cronjob, jobs, scheduled).await? {
+            return Ok((requeue(cronjob), update_status));
+        }
         let job = job_from_template(cronjob, scheduled, &zone);
         let created = match job_api.create(&PostParams::default(), &job).await {
             Ok(created) => {
