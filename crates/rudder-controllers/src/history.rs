@@ -426,6 +426,51 @@ impl PodExpectations {
     }
 }
 
+/// Routes a pod event to the set that owns the pod (`owner_key`), or, for
+/// an orphan, to every set whose selector matches it (`enqueue_matching`),
+/// counting creations and deletions against the owner's expectations.
+/// The StatefulSet and DaemonSet controllers share it.
+pub fn route_pod_change(
+    change: &rudder_runtime::Change<k8s_openapi::api::core::v1::Pod>,
+    owner_key: impl Fn(&k8s_openapi::api::core::v1::Pod) -> Option<String>,
+    enqueue_matching: impl Fn(&rudder_runtime::WorkQueue<String>, &k8s_openapi::api::core::v1::Pod),
+    q: &rudder_runtime::WorkQueue<String>,
+    expectations: &PodExpectations,
+) {
+    use kube::ResourceExt;
+    use rudder_runtime::Change;
+    match change {
+        Change::Added(pod) => match owner_key(pod) {
+            Some(key) => {
+                expectations.creation_observed(&key);
+                q.add(key);
+            }
+            None => enqueue_matching(q, pod),
+        },
+        Change::Updated { old, new } => {
+            let new_owner = owner_key(new);
+            if let Some(key) = &new_owner {
+                if new.metadata.deletion_timestamp.is_some() {
+                    expectations.deletion_observed(key, &new.uid().unwrap_or_default());
+                }
+                q.add(key.clone());
+            }
+            if let Some(key) = owner_key(old).filter(|k| Some(k) != new_owner.as_ref()) {
+                q.add(key);
+            }
+            if new_owner.is_none() {
+                enqueue_matching(q, new);
+            }
+        }
+        Change::Deleted(pod) => {
+            if let Some(key) = owner_key(pod) {
+                expectations.deletion_observed(&key, &pod.uid().unwrap_or_default());
+                q.add(key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

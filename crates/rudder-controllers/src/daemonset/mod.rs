@@ -113,35 +113,14 @@ impl DaemonSetController {
                 }
             }
         };
-        this.pods.on_change(move |change| match change {
-            Change::Added(pod) => match owner_key(pod) {
-                Some(key) => {
-                    expectations.creation_observed(&key);
-                    q.add(key);
-                }
-                None => enqueue_matching(&q, pod),
-            },
-            Change::Updated { old, new } => {
-                let new_owner = owner_key(new);
-                if let Some(key) = &new_owner {
-                    if new.metadata.deletion_timestamp.is_some() {
-                        expectations.deletion_observed(key, &new.uid().unwrap_or_default());
-                    }
-                    q.add(key.clone());
-                }
-                if let Some(key) = owner_key(old).filter(|k| Some(k) != new_owner.as_ref()) {
-                    q.add(key);
-                }
-                if new_owner.is_none() {
-                    enqueue_matching(&q, new);
-                }
-            }
-            Change::Deleted(pod) => {
-                if let Some(key) = owner_key(pod) {
-                    expectations.deletion_observed(&key, &pod.uid().unwrap_or_default());
-                    q.add(key);
-                }
-            }
+        this.pods.on_change(move |change| {
+            crate::history::route_pod_change(
+                change,
+                owner_key,
+                &enqueue_matching,
+                &q,
+                &expectations,
+            )
         });
         this
     }

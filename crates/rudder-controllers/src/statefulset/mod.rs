@@ -125,37 +125,14 @@ impl StatefulSetController {
                 }
             }
         });
-        this.pods.on_change(move |change| match change {
-            Change::Added(pod) => match owner_key(pod) {
-                Some(key) => {
-                    expectations.creation_observed(&key);
-                    q.add(key);
-                }
-                None => enqueue_matching(&q, pod),
-            },
-            Change::Updated { old, new } => {
-                let uid = new.uid().unwrap_or_default();
-                let new_owner = owner_key(new);
-                let old_owner = owner_key(old);
-                if let Some(key) = &new_owner {
-                    if new.metadata.deletion_timestamp.is_some() {
-                        expectations.deletion_observed(key, &uid);
-                    }
-                    q.add(key.clone());
-                }
-                if let Some(key) = old_owner.filter(|k| Some(k) != new_owner.as_ref()) {
-                    q.add(key);
-                }
-                if new_owner.is_none() {
-                    enqueue_matching(&q, new);
-                }
-            }
-            Change::Deleted(pod) => {
-                if let Some(key) = owner_key(pod) {
-                    expectations.deletion_observed(&key, &pod.uid().unwrap_or_default());
-                    q.add(key);
-                }
-            }
+        this.pods.on_change(move |change| {
+            crate::history::route_pod_change(
+                change,
+                owner_key,
+                &enqueue_matching,
+                &q,
+                &expectations,
+            )
         });
         this
     }
