@@ -319,11 +319,7 @@ pub struct ClusterCache {
 impl ClusterCache {
     pub fn upsert_pdb(&mut self, mut pdb: PodDisruptionBudget) {
         pdb.metadata.managed_fields = None;
-        let key = format!(
-            "{}/{}",
-            pdb.metadata.namespace.as_deref().unwrap_or_default(),
-            pdb.metadata.name.as_deref().unwrap_or_default()
-        );
+        let key = rudder_runtime::informer::key_of(&pdb);
         self.pdbs.insert(key, Arc::new(pdb));
     }
 

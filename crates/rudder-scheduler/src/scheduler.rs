@@ -442,13 +442,7 @@ impl Scheduler {
         let api: Api<PodDisruptionBudget> = Api::all(self.client.clone());
         let mut seen: HashSet<String> = HashSet::new();
         let mut stream = watcher(api, watcher::Config::default()).boxed();
-        let key = |pdb: &PodDisruptionBudget| {
-            format!(
-                "{}/{}",
-                pdb.metadata.namespace.as_deref().unwrap_or_default(),
-                pdb.metadata.name.as_deref().unwrap_or_default()
-            )
-        };
+        let key = |pdb: &PodDisruptionBudget| rudder_runtime::informer::key_of(pdb);
         loop {
             let event = match stream.try_next().await {
                 Ok(Some(event)) => event,
