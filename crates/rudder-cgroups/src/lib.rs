@@ -1,0 +1,1 @@
+//! Linux control groups for containers (see ARCHITECTURE.md).

@@ -1,0 +1,1 @@
+//! Linux containers from OCI bundles (see ARCHITECTURE.md).
