@@ -1,0 +1,12 @@
+//! The node's container runtime service: what the kubelet asks of a CRI
+//! runtime, built on Rudder's image store (`rudder-image`) and Linux
+//! container runtime (`rudder-container`). `rudder ctr` and the node agent
+//! use the same [`NodeRuntime`] over the same data directory.
+
+pub mod bundle;
+pub mod error;
+pub mod node;
+
+pub use bundle::{BundleRequest, Bundles};
+pub use error::{CriError, Result};
+pub use node::NodeRuntime;
