@@ -89,7 +89,10 @@ mod tests {
     fn keyed_values_are_found_by_exact_key() {
         let path = Path::new("memory.stat");
         let text = "inactive_file 4096\ntotal_inactive_file 8192\n";
-        assert_eq!(keyed_value(path, text, "inactive_file").unwrap(), Some(4096));
+        assert_eq!(
+            keyed_value(path, text, "inactive_file").unwrap(),
+            Some(4096)
+        );
         assert_eq!(
             keyed_value(path, text, "total_inactive_file").unwrap(),
             Some(8192)
@@ -103,7 +106,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("memory.max");
         let err = write_control(&path, "max").unwrap_err();
-        assert!(matches!(err, CgroupError::MissingControlFile { .. }), "{err}");
+        assert!(
+            matches!(err, CgroupError::MissingControlFile { .. }),
+            "{err}"
+        );
         assert!(!path.exists());
         std::fs::write(&path, "123456789").unwrap();
         write_control(&path, "max").unwrap();

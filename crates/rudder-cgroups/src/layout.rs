@@ -70,7 +70,10 @@ impl Layout {
             }
             let entry = parse_mountinfo_line(line).ok_or_else(|| CgroupError::Parse {
                 path: PathBuf::from("/proc/self/mountinfo"),
-                detail: format!("line {} is not a mountinfo entry: {line:?}", line_number + 1),
+                detail: format!(
+                    "line {} is not a mountinfo entry: {line:?}",
+                    line_number + 1
+                ),
             })?;
             match entry.fstype {
                 "cgroup2" => v2_mounts.push(entry.mount_point),

@@ -290,19 +290,11 @@ impl Cgroup {
             }
         }
         match &self.layout {
-            Layout::V1 { .. } => {
-                let used = |controller: &str| {
-                    V1_CONTROLLERS_USED
-                        .contains(&controller)
-                        .then(|| self.path_for(controller))
-                        .flatten()
-                };
-                stats::v1_stats(
-                    used("cpuacct").as_deref(),
-                    used("memory").as_deref(),
-                    used("pids").as_deref(),
-                )
-            }
+            Layout::V1 { .. } => stats::v1_stats(
+                self.path_for("cpuacct").as_deref(),
+                self.path_for("memory").as_deref(),
+                self.path_for("pids").as_deref(),
+            ),
             Layout::V2 { root } => stats::v2_stats(&root.join(&self.relative)),
         }
     }
@@ -316,7 +308,9 @@ impl Cgroup {
                 Some(dir) => stats::oom_kills(&dir.join("memory.oom_control")),
                 None => Ok(0),
             },
-            Layout::V2 { root } => stats::oom_kills(&root.join(&self.relative).join("memory.events")),
+            Layout::V2 { root } => {
+                stats::oom_kills(&root.join(&self.relative).join("memory.events"))
+            }
         }
     }
 
@@ -362,7 +356,8 @@ impl Cgroup {
     }
 
     /// Removes the cgroup directory from every hierarchy; one already absent is fine. EBUSY (tasks
-    /// still exiting) is retried for about a second.
+    /// still exiting) is retried for about a second; a cgroup that still has child cgroups fails
+    /// at once with EBUSY.
     pub fn delete(&self) -> Result<(), CgroupError> {
         for dir in self.paths() {
             remove_cgroup_dir(&dir)?;
@@ -433,13 +428,24 @@ fn signal_process(pid: u32, sig: Signal) -> Result<(), CgroupError> {
     }
 }
 
+fn has_child_cgroup(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().any(|e| e.path().is_dir()))
+        .unwrap_or(false)
+}
+
 fn remove_cgroup_dir(dir: &Path) -> Result<(), CgroupError> {
     let mut attempt = 0;
     loop {
         match std::fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(Errno::EBUSY as i32) && attempt < RMDIR_ATTEMPTS => {
+            // Busy because of child cgroups: waiting cannot help.
+            Err(e)
+                if e.raw_os_error() == Some(Errno::EBUSY as i32)
+                    && attempt < RMDIR_ATTEMPTS
+                    && !has_child_cgroup(dir) =>
+            {
                 attempt += 1;
                 std::thread::sleep(RMDIR_PAUSE);
             }

@@ -222,8 +222,7 @@ pub(crate) fn apply_v2(dir: &Path, r: &Resources) -> Result<(), CgroupError> {
             let path = dir.join("cpu.max");
             let current = read_control(&path)?;
             let mut fields = current.split_whitespace();
-            let (Some(current_quota), Some(current_period)) = (fields.next(), fields.next())
-            else {
+            let (Some(current_quota), Some(current_period)) = (fields.next(), fields.next()) else {
                 return Err(CgroupError::Parse {
                     path,
                     detail: format!("expected \"quota period\", found {:?}", current.trim()),

@@ -78,8 +78,8 @@ pub(crate) fn v2_stats(dir: &Path) -> Result<Stats, CgroupError> {
     let mut stats = Stats::default();
     let cpu_stat = dir.join("cpu.stat");
     if let Some(text) = read_optional(&cpu_stat)? {
-        stats.cpu_usage_ns = keyed_value(&cpu_stat, &text, "usage_usec")?
-            .map(|usec| usec.saturating_mul(1000));
+        stats.cpu_usage_ns =
+            keyed_value(&cpu_stat, &text, "usage_usec")?.map(|usec| usec.saturating_mul(1000));
     }
     stats.memory_usage_bytes = optional_number(&dir.join("memory.current"))?;
     stats.memory_working_set_bytes = working_set(

@@ -144,7 +144,10 @@ fn v1_apply_writes_every_limit() {
     let memory = cgroup.path_for("memory").unwrap();
     assert_eq!(read(memory.join("memory.limit_in_bytes")), "67108864");
     assert_eq!(read(memory.join("memory.memsw.limit_in_bytes")), "67108864");
-    assert_eq!(read(cgroup.path_for("pids").unwrap().join("pids.max")), "64");
+    assert_eq!(
+        read(cgroup.path_for("pids").unwrap().join("pids.max")),
+        "64"
+    );
     let cpuset = cgroup.path_for("cpuset").unwrap();
     assert_eq!(read(cpuset.join("cpuset.cpus")), "0");
     assert_eq!(read(cpuset.join("cpuset.mems")), "0");
@@ -173,7 +176,10 @@ fn v1_unlimited_values() {
     // Lifting memory alone lifts memory+swap too, else the kernel would refuse.
     assert_eq!(read(memory.join("memory.limit_in_bytes")), "-1");
     assert_eq!(read(memory.join("memory.memsw.limit_in_bytes")), "-1");
-    assert_eq!(read(cgroup.path_for("pids").unwrap().join("pids.max")), "max");
+    assert_eq!(
+        read(cgroup.path_for("pids").unwrap().join("pids.max")),
+        "max"
+    );
     // Untouched: shares, period, cpusets.
     assert_eq!(
         read(cgroup.path_for("cpu").unwrap().join("cpu.shares")),
@@ -199,7 +205,10 @@ fn v1_zero_and_none_leave_files_alone() {
     let cpu = cgroup.path_for("cpu").unwrap();
     assert_eq!(read(cpu.join("cpu.shares")), "1024\n");
     assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "-1\n");
-    assert_eq!(read(cgroup.path_for("pids").unwrap().join("pids.max")), "max\n");
+    assert_eq!(
+        read(cgroup.path_for("pids").unwrap().join("pids.max")),
+        "max\n"
+    );
 }
 
 #[test]
@@ -276,7 +285,10 @@ fn v1_create_copies_cpusets_into_new_levels() {
     let tmp = tempfile::tempdir().unwrap();
     let layout = v1_layout(tmp.path(), &["cpu", "cpuacct", "memory", "cpuset"], true);
     let cpuset_root = tmp.path().join("cpuset");
-    write_files(&cpuset_root, &[("cpuset.cpus", "0-1\n"), ("cpuset.mems", "0\n")]);
+    write_files(
+        &cpuset_root,
+        &[("cpuset.cpus", "0-1\n"), ("cpuset.mems", "0\n")],
+    );
     // The fake kernel: the level below the root exists with the empty cpusets the kernel gives a
     // new cgroup.
     write_files(
@@ -488,10 +500,16 @@ fn v1_stats_from_control_files() {
                 "cache 0\ninactive_file 1\ntotal_inactive_file 4194304\n",
             ),
             ("memory.limit_in_bytes", "67108864\n"),
-            ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"),
+            (
+                "memory.oom_control",
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+            ),
         ],
     );
-    write_files(&cgroup.path_for("pids").unwrap(), &[("pids.current", "2\n")]);
+    write_files(
+        &cgroup.path_for("pids").unwrap(),
+        &[("pids.current", "2\n")],
+    );
     assert_eq!(
         cgroup.stats().unwrap(),
         Stats {
@@ -505,7 +523,10 @@ fn v1_stats_from_control_files() {
     assert_eq!(cgroup.oom_kill_count().unwrap(), 3);
 
     fs::write(
-        cgroup.path_for("memory").unwrap().join("memory.limit_in_bytes"),
+        cgroup
+            .path_for("memory")
+            .unwrap()
+            .join("memory.limit_in_bytes"),
         V1_UNLIMITED,
     )
     .unwrap();
@@ -528,7 +549,10 @@ fn v2_stats_from_control_files() {
     write_files(
         &dir,
         &[
-            ("cpu.stat", "usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n"),
+            (
+                "cpu.stat",
+                "usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n",
+            ),
             ("memory.current", "8192\n"),
             ("memory.stat", "anon 4096\ninactive_file 12288\n"),
             ("memory.max", "max\n"),
