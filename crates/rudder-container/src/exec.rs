@@ -69,13 +69,16 @@ fn run_stage1(state_dir: &Path, process_file: &Path) -> Result<i32> {
         .context(|| "starting the exec stage inside the container".into())?;
     let _ = fs::remove_file(process_file);
     use std::os::unix::process::ExitStatusExt;
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
 /// Joins the namespace `kind` of `pid` unless the caller is already in it.
 fn join(pid: i32, kind: &str, flag: CloneFlags) -> Result<()> {
     let target = format!("/proc/{pid}/ns/{kind}");
-    let ours = fs::metadata(format!("/proc/self/ns/{kind}")).context(|| format!("/proc/self/ns/{kind}"))?;
+    let ours = fs::metadata(format!("/proc/self/ns/{kind}"))
+        .context(|| format!("/proc/self/ns/{kind}"))?;
     let theirs = fs::metadata(&target).context(|| target.clone())?;
     if ours.ino() == theirs.ino() && ours.dev() == theirs.dev() {
         return Ok(());
@@ -115,7 +118,11 @@ fn run_stage2(state_dir: &Path, process_file: &Path) -> Result<std::convert::Inf
         join(pid, kind, flag)?;
     }
     let cwd = process.cwd();
-    let cwd = if cwd.as_os_str().is_empty() { Path::new("/") } else { cwd.as_path() };
+    let cwd = if cwd.as_os_str().is_empty() {
+        Path::new("/")
+    } else {
+        cwd.as_path()
+    };
     nix::unistd::chdir(cwd).context(|| format!("entering working directory {}", cwd.display()))?;
 
     let env = process.env().clone().unwrap_or_default();

@@ -35,7 +35,8 @@ pub(crate) struct InitFailure {
     pub exit_code: i32,
 }
 
-pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Runs the init stage; returns only on failure (after reporting it).
 pub fn main(bundle: &Path) -> i32 {
@@ -116,10 +117,13 @@ fn namespace_flag(kind: LinuxNamespaceType) -> Result<CloneFlags> {
 
 fn run(bundle: &Path) -> Result<std::convert::Infallible> {
     let spec = load_spec(bundle)?;
-    let process = spec.process().as_ref().ok_or_else(|| ContainerError::InvalidSpec {
-        path: bundle.join("config.json"),
-        reason: "no process".into(),
-    })?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| ContainerError::InvalidSpec {
+            path: bundle.join("config.json"),
+            reason: "no process".into(),
+        })?;
     if process.terminal() == Some(true) {
         return Err(ContainerError::Unsupported(
             "terminal: true (a pseudo-terminal for the container) is not supported yet".into(),
@@ -175,13 +179,22 @@ fn run(bundle: &Path) -> Result<std::convert::Infallible> {
 
     if new_uts_ns {
         if let Some(hostname) = spec.hostname() {
-            nix::unistd::sethostname(hostname).context(|| format!("setting hostname {hostname:?}"))?;
+            nix::unistd::sethostname(hostname)
+                .context(|| format!("setting hostname {hostname:?}"))?;
         }
     }
 
     if new_mount_ns {
-        let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| "rootfs".into());
-        let rootfs = if root.is_absolute() { root } else { bundle.join(root) };
+        let root = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .unwrap_or_else(|| "rootfs".into());
+        let rootfs = if root.is_absolute() {
+            root
+        } else {
+            bundle.join(root)
+        };
         rootfs::prepare(&spec, &rootfs, &cgroups)?;
     } else if !joined_mount_ns {
         // No mount namespace: the process runs in the host's filesystem (the
@@ -207,13 +220,17 @@ fn run(bundle: &Path) -> Result<std::convert::Infallible> {
     if !cwd.as_os_str().is_empty() {
         if !cwd.exists() {
             // Docker and containerd create a missing working directory.
-            fs::create_dir_all(cwd).context(|| format!("creating working directory {}", cwd.display()))?;
+            fs::create_dir_all(cwd)
+                .context(|| format!("creating working directory {}", cwd.display()))?;
         }
-        nix::unistd::chdir(cwd.as_path()).context(|| format!("entering working directory {}", cwd.display()))?;
+        nix::unistd::chdir(cwd.as_path())
+            .context(|| format!("entering working directory {}", cwd.display()))?;
     }
     let args = process.args().clone().unwrap_or_default();
     let program = args.first().ok_or_else(|| ContainerError::StartFailed {
-        message: "the container has no command: the image has no Entrypoint or Cmd and none was given".into(),
+        message:
+            "the container has no command: the image has no Entrypoint or Cmd and none was given"
+                .into(),
         exit_code: 127,
     })?;
     let path = find_executable(program, &env)?;
@@ -279,7 +296,10 @@ pub(crate) fn find_executable(program: &str, env: &[String]) -> Result<PathBuf> 
             Ok(meta) if meta.is_file() => {
                 if meta.permissions().mode() & 0o111 == 0 {
                     Err(ContainerError::StartFailed {
-                        message: format!("exec: {:?}: permission denied", path.display().to_string()),
+                        message: format!(
+                            "exec: {:?}: permission denied",
+                            path.display().to_string()
+                        ),
                         exit_code: 126,
                     })
                 } else {
@@ -311,7 +331,11 @@ pub(crate) fn find_executable(program: &str, env: &[String]) -> Result<PathBuf> 
     Err(not_found())
 }
 
-pub(crate) fn exec(path: &Path, args: &[String], env: &[String]) -> Result<std::convert::Infallible> {
+pub(crate) fn exec(
+    path: &Path,
+    args: &[String],
+    env: &[String],
+) -> Result<std::convert::Infallible> {
     let to_c = |s: &str| {
         CString::new(s).map_err(|_| ContainerError::StartFailed {
             message: format!("{s:?} contains a NUL byte"),
@@ -324,7 +348,11 @@ pub(crate) fn exec(path: &Path, args: &[String], env: &[String]) -> Result<std::
     let errno = nix::unistd::execve(&c_path, &c_args, &c_env).unwrap_err();
     Err(ContainerError::StartFailed {
         message: format!("exec {:?}: {}", path.display().to_string(), errno.desc()),
-        exit_code: if errno == nix::errno::Errno::ENOENT { 127 } else { 126 },
+        exit_code: if errno == nix::errno::Errno::ENOENT {
+            127
+        } else {
+            126
+        },
     })
 }
 
@@ -345,7 +373,10 @@ mod tests {
         match find_executable("nope", &env) {
             Err(ContainerError::StartFailed { message, exit_code }) => {
                 assert_eq!(exit_code, 127);
-                assert_eq!(message, "exec: \"nope\": executable file not found in $PATH");
+                assert_eq!(
+                    message,
+                    "exec: \"nope\": executable file not found in $PATH"
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -12,6 +12,8 @@ pub mod entry;
 pub mod error;
 pub mod exec;
 pub mod init;
+pub mod logs;
+pub mod process;
 pub mod rootfs;
 pub mod runtime;
 pub mod shim;

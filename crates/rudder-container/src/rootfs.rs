@@ -107,7 +107,7 @@ fn propagation_flag(name: &str) -> Option<MsFlags> {
 
 /// fstab-style options split into mount flags, propagation flags and the
 /// file-system specific data string.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub(crate) struct MountOptions {
     pub flags: MsFlags,
     pub propagation: Vec<MsFlags>,
@@ -115,7 +115,11 @@ pub(crate) struct MountOptions {
 }
 
 pub(crate) fn parse_options(options: &[String]) -> MountOptions {
-    let mut parsed = MountOptions::default();
+    let mut parsed = MountOptions {
+        flags: MsFlags::empty(),
+        propagation: Vec::new(),
+        data: Vec::new(),
+    };
     for option in options {
         let (set, clear) = match option.as_str() {
             "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
@@ -204,12 +208,15 @@ fn mount_one(rootfs: &Path, m: &Mount, cgroups: &CgroupView) -> Result<()> {
         return mount_cgroups(&dest, &options, cgroups);
     }
     if is_bind {
-        let source = m.source().as_deref().ok_or_else(|| ContainerError::InvalidSpec {
-            path: m.destination().clone(),
-            reason: "a bind mount needs a source".into(),
-        })?;
-        let meta = fs::metadata(source)
-            .context(|| format!("bind mount source {}", source.display()))?;
+        let source = m
+            .source()
+            .as_deref()
+            .ok_or_else(|| ContainerError::InvalidSpec {
+                path: m.destination().clone(),
+                reason: "a bind mount needs a source".into(),
+            })?;
+        let meta =
+            fs::metadata(source).context(|| format!("bind mount source {}", source.display()))?;
         create_mount_point(&dest, meta.is_dir())?;
         let recursive = options.flags & MsFlags::MS_REC;
         mount(
@@ -219,7 +226,13 @@ fn mount_one(rootfs: &Path, m: &Mount, cgroups: &CgroupView) -> Result<()> {
             MsFlags::MS_BIND | recursive,
             None::<&str>,
         )
-        .context(|| format!("bind-mounting {} at {}", source.display(), m.destination().display()))?;
+        .context(|| {
+            format!(
+                "bind-mounting {} at {}",
+                source.display(),
+                m.destination().display()
+            )
+        })?;
         // Flags of a bind mount only take effect on a remount.
         let extra = options.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
@@ -235,7 +248,11 @@ fn mount_one(rootfs: &Path, m: &Mount, cgroups: &CgroupView) -> Result<()> {
     } else {
         create_mount_point(&dest, true)?;
         let data = options.data.join(",");
-        let source = m.source().as_deref().map(Path::to_path_buf).unwrap_or_else(|| kind.into());
+        let source = m
+            .source()
+            .as_deref()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| kind.into());
         mount(
             Some(&source),
             &dest,
@@ -260,7 +277,11 @@ fn mount_cgroups(dest: &Path, options: &MountOptions, cgroups: &CgroupView) -> R
     let readonly = options.flags.contains(MsFlags::MS_RDONLY);
     let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if cgroups.v2 {
-        let flags = if readonly { base | MsFlags::MS_RDONLY } else { base };
+        let flags = if readonly {
+            base | MsFlags::MS_RDONLY
+        } else {
+            base
+        };
         return mount(Some("cgroup2"), dest, Some("cgroup2"), flags, None::<&str>)
             .context(|| "mounting cgroup2 at /sys/fs/cgroup".into());
     }
@@ -269,8 +290,14 @@ fn mount_cgroups(dest: &Path, options: &MountOptions, cgroups: &CgroupView) -> R
     for (name, dir) in &cgroups.dirs {
         let target = dest.join(name);
         fs::create_dir_all(&target).context(|| format!("creating {}", target.display()))?;
-        mount(Some(dir.as_path()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .context(|| format!("binding cgroup {} at /sys/fs/cgroup/{name}", dir.display()))?;
+        mount(
+            Some(dir.as_path()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .context(|| format!("binding cgroup {} at /sys/fs/cgroup/{name}", dir.display()))?;
         if readonly {
             mount(
                 None::<&str>,
@@ -304,7 +331,8 @@ fn create_mount_point(dest: &Path, dir: bool) -> Result<()> {
                 .context(|| format!("creating mount point {}", parent.display()))?;
         }
         if fs::symlink_metadata(dest).is_err() {
-            fs::File::create(dest).context(|| format!("creating mount point {}", dest.display()))?;
+            fs::File::create(dest)
+                .context(|| format!("creating mount point {}", dest.display()))?;
         }
         Ok(())
     }
@@ -317,12 +345,30 @@ fn has_dev_tmpfs(spec: &Spec) -> bool {
         .any(|m| m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs"))
 }
 
+/// A device node to create in the container's /dev.
+struct DeviceNode {
+    path: PathBuf,
+    kind: SFlag,
+    major: u64,
+    minor: u64,
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
+}
+
 fn create_devices(rootfs: &Path, extra: Option<&Vec<LinuxDevice>>) -> Result<()> {
-    let mut devices: Vec<(PathBuf, SFlag, u64, u64, u32, Option<u32>, Option<u32>)> =
-        default_devices()
-            .into_iter()
-            .map(|(path, major, minor)| (PathBuf::from(path), SFlag::S_IFCHR, major, minor, 0o666, None, None))
-            .collect();
+    let mut devices: Vec<DeviceNode> = default_devices()
+        .into_iter()
+        .map(|(path, major, minor)| DeviceNode {
+            path: PathBuf::from(path),
+            kind: SFlag::S_IFCHR,
+            major,
+            minor,
+            mode: 0o666,
+            uid: None,
+            gid: None,
+        })
+        .collect();
     for d in extra.into_iter().flatten() {
         let kind = match d.typ() {
             LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
@@ -335,25 +381,39 @@ fn create_devices(rootfs: &Path, extra: Option<&Vec<LinuxDevice>>) -> Result<()>
                 )))
             }
         };
-        devices.retain(|existing| existing.0 != *d.path());
-        devices.push((
-            d.path().clone(),
+        devices.retain(|existing| existing.path != *d.path());
+        devices.push(DeviceNode {
+            path: d.path().clone(),
             kind,
-            d.major() as u64,
-            d.minor() as u64,
-            d.file_mode().unwrap_or(0o666),
-            d.uid(),
-            d.gid(),
-        ));
+            major: d.major() as u64,
+            minor: d.minor() as u64,
+            mode: d.file_mode().unwrap_or(0o666),
+            uid: d.uid(),
+            gid: d.gid(),
+        });
     }
-    for (path, kind, major, minor, mode, uid, gid) in devices {
+    for device in devices {
+        let DeviceNode {
+            path,
+            kind,
+            major,
+            minor,
+            mode,
+            uid,
+            gid,
+        } = device;
         let dest = secure_join(rootfs, &path);
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).context(|| format!("creating {}", parent.display()))?;
         }
         let _ = fs::remove_file(&dest);
-        mknod(&dest, kind, Mode::from_bits_truncate(mode), makedev(major, minor))
-            .context(|| format!("creating device {}", path.display()))?;
+        mknod(
+            &dest,
+            kind,
+            Mode::from_bits_truncate(mode),
+            makedev(major, minor),
+        )
+        .context(|| format!("creating device {}", path.display()))?;
         // mknod is subject to the umask; set the mode the spec asked for.
         nix::sys::stat::fchmodat(
             nix::fcntl::AT_FDCWD,
@@ -432,8 +492,14 @@ fn mask(path: &str) -> Result<()> {
         )
         .context(|| format!("masking {path}"))
     } else {
-        mount(Some("/dev/null"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .context(|| format!("masking {path}"))
+        mount(
+            Some("/dev/null"),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .context(|| format!("masking {path}"))
     }
 }
 
@@ -496,8 +562,14 @@ pub fn mount_overlay(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path
             data.len()
         )));
     }
-    mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(data.as_str()))
-        .context(|| format!("mounting the overlay rootfs at {}", target.display()))
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .context(|| format!("mounting the overlay rootfs at {}", target.display()))
 }
 
 /// overlayfs splits its options on ',' and lower dirs on ':'; both are
@@ -539,7 +611,10 @@ mod tests {
             parsed.flags,
             MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME | MsFlags::MS_RDONLY
         );
-        assert_eq!(parsed.propagation, vec![MsFlags::MS_PRIVATE | MsFlags::MS_REC]);
+        assert_eq!(
+            parsed.propagation,
+            vec![MsFlags::MS_PRIVATE | MsFlags::MS_REC]
+        );
         assert_eq!(parsed.data, vec!["mode=755", "size=65536k"]);
         let rw = parse_options(&["ro".into(), "rw".into(), "rbind".into()]);
         assert_eq!(rw.flags, MsFlags::MS_BIND | MsFlags::MS_REC);
@@ -553,7 +628,10 @@ mod tests {
         symlink("/etc", r.join("escape")).unwrap();
         symlink("../../..", r.join("usr/lib/up")).unwrap();
         symlink("usr/lib", r.join("lib")).unwrap();
-        assert_eq!(secure_join(r, Path::new("/escape/passwd")), r.join("etc/passwd"));
+        assert_eq!(
+            secure_join(r, Path::new("/escape/passwd")),
+            r.join("etc/passwd")
+        );
         assert_eq!(secure_join(r, Path::new("/usr/lib/up/x")), r.join("x"));
         assert_eq!(secure_join(r, Path::new("/../../x")), r.join("x"));
         assert_eq!(secure_join(r, Path::new("/lib/y")), r.join("usr/lib/y"));

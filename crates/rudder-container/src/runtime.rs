@@ -51,7 +51,9 @@ fn validate_id(id: &str) -> Result<()> {
     let valid = !id.is_empty()
         && id.len() <= 128
         && !id.starts_with(['.', '-'])
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if valid {
         Ok(())
     } else {
@@ -95,8 +97,11 @@ impl Runtime {
             Err(e) => return Err(e).context(|| format!("creating {}", dir.display())),
         }
         if options.stdin {
-            nix::unistd::mkfifo(&dir.join(STDIN_FIFO), nix::sys::stat::Mode::from_bits_truncate(0o600))
-                .context(|| "creating the stdin FIFO".into())?;
+            nix::unistd::mkfifo(
+                &dir.join(STDIN_FIFO),
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+            )
+            .context(|| "creating the stdin FIFO".into())?;
         }
         let cgroup = spec
             .linux()
@@ -177,14 +182,15 @@ impl Runtime {
             })
             .context(|| "spawning the shim reaper".into())?;
         read.context(|| "reading the shim's report".into())?;
-        let report: StartReport = serde_json::from_str(line.trim()).map_err(|_| ContainerError::StartFailed {
-            message: format!(
-                "the shim ended without reporting (see {}): {}",
-                dir.join("shim.log").display(),
-                line.trim()
-            ),
-            exit_code: 128,
-        })?;
+        let report: StartReport =
+            serde_json::from_str(line.trim()).map_err(|_| ContainerError::StartFailed {
+                message: format!(
+                    "the shim ended without reporting (see {}): {}",
+                    dir.join("shim.log").display(),
+                    line.trim()
+                ),
+                exit_code: 128,
+            })?;
         if let Some(message) = report.error {
             return Err(ContainerError::StartFailed {
                 message,
@@ -213,7 +219,8 @@ impl Runtime {
                             signal: None,
                             oom_killed: false,
                             reason: "Unknown".into(),
-                            message: "the container's shim died before recording how it ended".into(),
+                            message: "the container's shim died before recording how it ended"
+                                .into(),
                             finished_at: now_nanos(),
                         });
                     }
@@ -335,9 +342,16 @@ impl Runtime {
                     if !shim.is_alive() {
                         continue;
                     }
-                    let mut fds = [nix::poll::PollFd::new(pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+                    let mut fds = [nix::poll::PollFd::new(
+                        pidfd.as_fd(),
+                        nix::poll::PollFlags::POLLIN,
+                    )];
                     let millis = (deadline - now).as_millis().min(i32::MAX as u128) as i32;
-                    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::try_from(millis).unwrap_or(nix::poll::PollTimeout::MAX));
+                    let _ = nix::poll::poll(
+                        &mut fds,
+                        nix::poll::PollTimeout::try_from(millis)
+                            .unwrap_or(nix::poll::PollTimeout::MAX),
+                    );
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
@@ -368,7 +382,11 @@ impl Runtime {
             .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
             .context(|| format!("writing {}", file.display()))?;
         let mut command = Command::new(&self.binary);
-        command.arg("container-exec").arg(&dir).arg(&file).env_clear();
+        command
+            .arg("container-exec")
+            .arg(&dir)
+            .arg(&file)
+            .env_clear();
         Ok(command)
     }
 
@@ -377,10 +395,12 @@ impl Runtime {
     pub fn process(&self, id: &str) -> Result<Process> {
         let state = self.state(id)?;
         let spec = crate::init::load_spec(&state.bundle)?;
-        spec.process().clone().ok_or_else(|| ContainerError::InvalidSpec {
-            path: state.bundle.join("config.json"),
-            reason: "no process".into(),
-        })
+        spec.process()
+            .clone()
+            .ok_or_else(|| ContainerError::InvalidSpec {
+                path: state.bundle.join("config.json"),
+                reason: "no process".into(),
+            })
     }
 
     /// Resource usage of a container's cgroup.

@@ -19,7 +19,7 @@ use nix::sched::{setns, unshare, CloneFlags};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ContainerError, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::init::{load_spec, InitFailure, CGROUP_DIRS_ENV, CGROUP_MODE_ENV, SYNC_FD_ENV};
 use crate::logs::{CriLogWriter, Stream};
 use crate::state::{now_nanos, ExitStatus, ProcessId, State, Status};
@@ -59,7 +59,11 @@ pub fn main(state_dir: &Path) -> i32 {
 
 fn report(report: &StartReport) {
     let mut stdout = io::stdout().lock();
-    let _ = writeln!(stdout, "{}", serde_json::to_string(report).expect("serializes"));
+    let _ = writeln!(
+        stdout,
+        "{}",
+        serde_json::to_string(report).expect("serializes")
+    );
     let _ = stdout.flush();
 }
 
@@ -101,7 +105,10 @@ pub(crate) fn container_cgroup(spec: &Spec) -> Result<Option<rudder_cgroups::Cgr
 
 /// The environment telling the init stage which cgroup dirs to join and
 /// show at /sys/fs/cgroup.
-pub(crate) fn cgroup_env(cgroup: Option<&rudder_cgroups::Cgroup>, relative: &str) -> Vec<(String, String)> {
+pub(crate) fn cgroup_env(
+    cgroup: Option<&rudder_cgroups::Cgroup>,
+    relative: &str,
+) -> Vec<(String, String)> {
     let Some(cgroup) = cgroup else {
         return vec![(CGROUP_MODE_ENV.into(), "none".into())];
     };
@@ -124,7 +131,11 @@ pub(crate) fn cgroup_env(cgroup: Option<&rudder_cgroups::Cgroup>, relative: &str
             format!("{name}={}", dir.display())
         })
         .collect();
-    let mode = if matches!(cgroup.layout(), rudder_cgroups::Layout::V2 { .. }) { "v2" } else { "v1" };
+    let mode = if matches!(cgroup.layout(), rudder_cgroups::Layout::V2 { .. }) {
+        "v2"
+    } else {
+        "v1"
+    };
     vec![
         (CGROUP_MODE_ENV.into(), mode.into()),
         (CGROUP_DIRS_ENV.into(), dirs.join("\n")),
@@ -135,15 +146,25 @@ pub(crate) fn cgroup_env(cgroup: Option<&rudder_cgroups::Cgroup>, relative: &str
 /// the calling (single-threaded) process: the next process it starts is
 /// the namespace's first.
 pub(crate) fn prepare_pid_namespace(spec: &Spec) -> Result<()> {
-    let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().clone()).unwrap_or_default();
-    if let Some(ns) = namespaces.iter().find(|ns| ns.typ() == LinuxNamespaceType::Pid) {
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    if let Some(ns) = namespaces
+        .iter()
+        .find(|ns| ns.typ() == LinuxNamespaceType::Pid)
+    {
         match ns.path() {
             Some(path) => {
-                let file = fs::File::open(path).context(|| format!("opening {}", path.display()))?;
+                let file =
+                    fs::File::open(path).context(|| format!("opening {}", path.display()))?;
                 setns(&file, CloneFlags::CLONE_NEWPID)
                     .context(|| format!("joining PID namespace {}", path.display()))?;
             }
-            None => unshare(CloneFlags::CLONE_NEWPID).context(|| "creating a PID namespace".into())?,
+            None => {
+                unshare(CloneFlags::CLONE_NEWPID).context(|| "creating a PID namespace".into())?
+            }
         }
     }
     Ok(())
@@ -174,8 +195,12 @@ fn run(state_dir: &Path) -> Result<()> {
                 fs::create_dir_all(parent).context(|| format!("creating {}", parent.display()))?;
             }
             Some(
-                CriLogWriter::open(path, state.log_max_size.max(1 << 20), state.log_max_files.max(1))
-                    .context(|| format!("opening log {}", path.display()))?,
+                CriLogWriter::open(
+                    path,
+                    state.log_max_size.max(1 << 20),
+                    state.log_max_files.max(1),
+                )
+                .context(|| format!("opening log {}", path.display()))?,
             )
         }
         None => None,
@@ -189,7 +214,11 @@ fn run(state_dir: &Path) -> Result<()> {
 
     prepare_pid_namespace(&spec)?;
 
-    let relative = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()).unwrap_or_default();
+    let relative = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().clone())
+        .unwrap_or_default();
     let mut command = Command::new("/proc/self/exe");
     command
         .arg("container-init")
@@ -200,7 +229,9 @@ fn run(state_dir: &Path) -> Result<()> {
         .stdin(stdin)
         .stdout(Stdio::from(out_write))
         .stderr(Stdio::from(err_write));
-    let mut child = command.spawn().context(|| "starting the container's init".into())?;
+    let mut child = command
+        .spawn()
+        .context(|| "starting the container's init".into())?;
     drop(command); // closes the parent's copies of the write ends
     drop(sync_write);
 
@@ -253,7 +284,10 @@ fn run(state_dir: &Path) -> Result<()> {
 
     let status = supervise(&mut child, &out_read, &err_read, log.as_mut())?;
 
-    let oom_kills = cgroup.as_ref().and_then(|c| c.oom_kill_count().ok()).unwrap_or(0);
+    let oom_kills = cgroup
+        .as_ref()
+        .and_then(|c| c.oom_kill_count().ok())
+        .unwrap_or(0);
     state.status = Status::Stopped;
     state.exit = Some(exit_status(status, oom_kills > 0));
     state.save(state_dir)?;
@@ -338,7 +372,10 @@ fn supervise(
         };
         let exited = ready(0);
         let mut index = 1;
-        for (open, fd, stream) in [(&mut out_open, out, Stream::Stdout), (&mut err_open, err, Stream::Stderr)] {
+        for (open, fd, stream) in [
+            (&mut out_open, out, Stream::Stdout),
+            (&mut err_open, err, Stream::Stderr),
+        ] {
             if !*open {
                 continue;
             }
@@ -359,7 +396,9 @@ fn supervise(
             index += 1;
         }
         if exited {
-            let status = child.wait().context(|| "waiting for the container's init".into())?;
+            let status = child
+                .wait()
+                .context(|| "waiting for the container's init".into())?;
             // Its namespace's other processes died with it; what they wrote
             // is still in the pipes. A process that escaped (host PID
             // namespace) keeps its pipe open, so only drain what is there.

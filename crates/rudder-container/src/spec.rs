@@ -34,7 +34,10 @@ pub fn merge_env(image: &[String], container: &[(String, String)]) -> Vec<String
     let mut env: Vec<String> = image.to_vec();
     for (name, value) in container {
         let entry = format!("{name}={value}");
-        match env.iter_mut().find(|e| e.split('=').next() == Some(name.as_str())) {
+        match env
+            .iter_mut()
+            .find(|e| e.split('=').next() == Some(name.as_str()))
+        {
             Some(existing) => *existing = entry,
             None => env.push(entry),
         }
@@ -127,7 +130,11 @@ pub fn namespace(typ: LinuxNamespaceType, path: Option<PathBuf>) -> LinuxNamespa
 }
 
 /// A bind mount of a host path (`ro` for read-only).
-pub fn bind_mount(source: impl Into<PathBuf>, destination: impl Into<PathBuf>, readonly: bool) -> Mount {
+pub fn bind_mount(
+    source: impl Into<PathBuf>,
+    destination: impl Into<PathBuf>,
+    readonly: bool,
+) -> Mount {
     let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
     if readonly {
         options.push("ro".into());
@@ -171,9 +178,15 @@ pub fn build(config: &ContainerConfig) -> Result<Spec> {
         .typ("cgroup")
         .source("cgroup")
         .options(
-            ["nosuid", "noexec", "nodev", "relatime", if config.privileged { "rw" } else { "ro" }]
-                .map(String::from)
-                .to_vec(),
+            [
+                "nosuid",
+                "noexec",
+                "nodev",
+                "relatime",
+                if config.privileged { "rw" } else { "ro" },
+            ]
+            .map(String::from)
+            .to_vec(),
         )
         .build()
         .map_err(invalid)?;
@@ -186,7 +199,11 @@ pub fn build(config: &ContainerConfig) -> Result<Spec> {
         .user(config.user.clone())
         .args(config.args.clone())
         .env(config.env.clone())
-        .cwd(if config.cwd.is_empty() { "/".to_string() } else { config.cwd.clone() })
+        .cwd(if config.cwd.is_empty() {
+            "/".to_string()
+        } else {
+            config.cwd.clone()
+        })
         .capabilities(config.capabilities.clone())
         .no_new_privileges(config.no_new_privileges)
         .build()
@@ -213,10 +230,21 @@ pub fn build(config: &ContainerConfig) -> Result<Spec> {
     resources = resources.cpu(cpu.build().map_err(invalid)?);
     if let Some(limit) = limits.memory_limit {
         // No swap beyond the memory limit, as the kubelet configures.
-        resources = resources.memory(LinuxMemoryBuilder::default().limit(limit).swap(limit).build().map_err(invalid)?);
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(limit)
+                .swap(limit)
+                .build()
+                .map_err(invalid)?,
+        );
     }
     if let Some(limit) = limits.pids_limit {
-        resources = resources.pids(LinuxPidsBuilder::default().limit(limit).build().map_err(invalid)?);
+        resources = resources.pids(
+            LinuxPidsBuilder::default()
+                .limit(limit)
+                .build()
+                .map_err(invalid)?,
+        );
     }
 
     let default_linux = defaults.linux().clone().unwrap_or_default();
@@ -261,13 +289,19 @@ mod tests {
         assert_eq!(command_line(&ep, &cmd, &[], &[]), v(&["/ep", "cmd-arg"]));
         assert_eq!(command_line(&ep, &cmd, &[], &v(&["a"])), v(&["/ep", "a"]));
         assert_eq!(command_line(&ep, &cmd, &v(&["/c"]), &[]), v(&["/c"]));
-        assert_eq!(command_line(&ep, &cmd, &v(&["/c"]), &v(&["a"])), v(&["/c", "a"]));
+        assert_eq!(
+            command_line(&ep, &cmd, &v(&["/c"]), &v(&["a"])),
+            v(&["/c", "a"])
+        );
         assert_eq!(command_line(&[], &cmd, &[], &[]), v(&["cmd-arg"]));
     }
 
     #[test]
     fn container_env_overrides_the_image_and_path_is_always_set() {
-        let env = merge_env(&v(&["A=1", "B=2"]), &[("B".into(), "3".into()), ("C".into(), "4".into())]);
+        let env = merge_env(
+            &v(&["A=1", "B=2"]),
+            &[("B".into(), "3".into()), ("C".into(), "4".into())],
+        );
         assert_eq!(env[0], format!("PATH={}", crate::init::DEFAULT_PATH));
         assert_eq!(&env[1..], &v(&["A=1", "B=3", "C=4"])[..]);
         let with_path = merge_env(&v(&["PATH=/x"]), &[]);
@@ -287,7 +321,12 @@ mod tests {
         assert_eq!(resources.memory().as_ref().unwrap().limit(), Some(64 << 20));
         assert_eq!(resources.cpu().as_ref().unwrap().quota(), Some(50_000));
         assert!(linux.seccomp().is_some());
-        assert!(linux.masked_paths().as_ref().unwrap().iter().any(|p| p == "/proc/kcore"));
+        assert!(linux
+            .masked_paths()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|p| p == "/proc/kcore"));
         let json = serde_json::to_string(&spec).unwrap();
         let back: Spec = serde_json::from_str(&json).unwrap();
         assert_eq!(back, spec);

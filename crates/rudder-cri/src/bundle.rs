@@ -139,7 +139,10 @@ impl Bundles {
         let hostname_file = dir.join("hostname");
         write(&hostname_file, &format!("{}\n", request.hostname))?;
         let hosts_file = dir.join("hosts");
-        let hosts = request.hosts.clone().unwrap_or_else(|| default_hosts(&request.hostname));
+        let hosts = request
+            .hosts
+            .clone()
+            .unwrap_or_else(|| default_hosts(&request.hostname));
         write(&hosts_file, &hosts)?;
         let resolv_file = dir.join("resolv.conf");
         let resolv = match &request.resolv_conf {

@@ -73,7 +73,10 @@ impl NodeRuntime {
         let bundle = self.bundles.prepare(request)?;
         let mut labels = options.labels;
         labels.insert(LABEL_IMAGE.into(), request.image.record.name.clone());
-        labels.insert(LABEL_IMAGE_ID.into(), request.image.record.config_digest.clone());
+        labels.insert(
+            LABEL_IMAGE_ID.into(),
+            request.image.record.config_digest.clone(),
+        );
         if let Some(signal) = &request.image.config.config.stop_signal {
             labels.insert(LABEL_STOP_SIGNAL.into(), signal.clone());
         }
@@ -125,7 +128,10 @@ impl NodeRuntime {
     }
 
     /// Removes the images `reference` names unless a container uses one.
-    pub fn remove_image(&self, reference: &str) -> Result<(Vec<rudder_image::ImageRecord>, rudder_image::GcReport)> {
+    pub fn remove_image(
+        &self,
+        reference: &str,
+    ) -> Result<(Vec<rudder_image::ImageRecord>, rudder_image::GcReport)> {
         let record = self.images.record(reference)?;
         let users: Vec<String> = self
             .containers
@@ -182,7 +188,13 @@ impl NodeRuntime {
         }
         if report.errors.is_empty() {
             fs::remove_dir_all(&self.data_dir)
-                .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
                 .map_err(io(format!("removing {}", self.data_dir.display())))?;
         }
         Ok(report)
@@ -238,7 +250,11 @@ pub fn parse_signal(name: &str) -> Option<Signal> {
         return Signal::try_from(number).ok();
     }
     let upper = name.to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     full.parse().ok()
 }
 

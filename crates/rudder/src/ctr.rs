@@ -24,6 +24,25 @@ enum CtrCommand {
     /// Manages images.
     #[command(subcommand)]
     Images(ImagesCommand),
+    /// Runs a container from an image (foreground unless --detach; exit code passed through).
+    Run(crate::ctr_containers::RunArgs),
+    /// Lists containers.
+    Ps {
+        /// Include stopped containers.
+        #[arg(short, long)]
+        all: bool,
+        /// Print ids only.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Runs a command in a running container.
+    Exec(crate::ctr_containers::ExecArgs),
+    /// Prints a container's log.
+    Logs(crate::ctr_containers::LogsArgs),
+    /// Stops containers (stop signal, then SIGKILL after --time).
+    Stop(crate::ctr_containers::StopArgs),
+    /// Removes containers.
+    Rm(crate::ctr_containers::RmArgs),
 }
 
 #[derive(Subcommand)]
@@ -50,7 +69,27 @@ enum ImagesCommand {
     },
 }
 
-pub async fn run(args: CtrArgs) -> anyhow::Result<()> {
+/// Runs a `rudder ctr` command; returns the process' exit code.
+pub async fn run(args: CtrArgs) -> anyhow::Result<i32> {
+    use crate::ctr_containers as c;
+    let data_dir = args.data_dir.clone();
+    match args.command {
+        CtrCommand::Images(_) => {}
+        CtrCommand::Run(run) => return tokio::task::block_in_place(|| c::run(&data_dir, run)),
+        CtrCommand::Ps { all, quiet } => return c::ps(&data_dir, all, quiet).map(|()| 0),
+        CtrCommand::Exec(exec) => return tokio::task::block_in_place(|| c::exec(&data_dir, exec)),
+        CtrCommand::Logs(logs) => {
+            return tokio::task::block_in_place(|| c::logs(&data_dir, logs)).map(|()| 0)
+        }
+        CtrCommand::Stop(stop) => {
+            return tokio::task::block_in_place(|| c::stop(&data_dir, stop)).map(|()| 0)
+        }
+        CtrCommand::Rm(rm) => return c::rm(&data_dir, rm).map(|()| 0),
+    }
+    images(args).await.map(|()| 0)
+}
+
+async fn images(args: CtrArgs) -> anyhow::Result<()> {
     let root = rudder_image::store_dir(&args.data_dir);
     let store = ImageStore::open(&root)
         .with_context(|| format!("opening the image store at {}", root.display()))?;
@@ -108,8 +147,10 @@ pub async fn run(args: CtrArgs) -> anyhow::Result<()> {
             }
         }
         CtrCommand::Images(ImagesCommand::Rm { references }) => {
+            let binary = std::env::current_exe()?;
+            let node = rudder_cri::NodeRuntime::open(&args.data_dir, binary)?;
             for reference in references {
-                let (removed, gc) = store.remove(&reference)?;
+                let (removed, gc) = node.remove_image(&reference)?;
                 for record in removed {
                     println!("{}", record.name);
                 }
@@ -121,6 +162,7 @@ pub async fn run(args: CtrArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        _ => unreachable!("container commands are handled by run"),
     }
     Ok(())
 }

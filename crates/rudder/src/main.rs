@@ -2,6 +2,7 @@
 
 mod client;
 mod ctr;
+mod ctr_containers;
 mod kubeconfig;
 mod server;
 
@@ -34,11 +35,26 @@ enum Command {
     ControllerManager(client::ControllerManagerArgs),
     /// Registers simulated nodes and acts as their kubelet (like kwok).
     Simulate(client::SimulateArgs),
-    /// Operates the node's container runtime: images (like ctr/crictl).
+    /// Operates the node's container runtime: images and containers (like ctr/crictl).
     Ctr(ctr::CtrArgs),
+    /// Stops every container of the node and removes all its data: containers, mounts, cgroups, images.
+    Reset {
+        /// The node agent's data directory.
+        #[arg(long, env = "RUDDER_DATA_DIR", default_value = "/var/lib/rudder/agent")]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
+    // The container runtime's hidden stages (shim, init, exec) run before
+    // anything else: they change namespaces and credentials, which needs a
+    // single-threaded process, and init's stderr belongs to the container.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if rudder_container::entry::is_container_process(&args) {
+        if let Some(code) = rudder_container::entry::dispatch(&args) {
+            std::process::exit(code);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUDDER_LOG")
@@ -46,6 +62,9 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Some(code) = rudder_container::entry::dispatch(&args) {
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -55,6 +74,11 @@ fn main() -> anyhow::Result<()> {
         Command::Scheduler(args) => runtime.block_on(client::run_scheduler(args)),
         Command::ControllerManager(args) => runtime.block_on(client::run_controller_manager(args)),
         Command::Simulate(args) => runtime.block_on(client::run_simulate(args)),
-        Command::Ctr(args) => runtime.block_on(ctr::run(args)),
+        Command::Ctr(args) => {
+            let code = runtime.block_on(ctr::run(args))?;
+            drop(runtime);
+            std::process::exit(code);
+        }
+        Command::Reset { data_dir } => ctr_containers::reset(&data_dir),
     }
 }
