@@ -1,1 +1,4 @@
 //! Linux containers from OCI bundles (see ARCHITECTURE.md).
+
+pub mod logs;
+pub mod process;
