@@ -142,7 +142,11 @@ mod tests {
         )
         .unwrap();
         let mut expected = defaults();
-        expected.extend([Capability::NetAdmin, Capability::SysTime, Capability::SysPtrace]);
+        expected.extend([
+            Capability::NetAdmin,
+            Capability::SysTime,
+            Capability::SysPtrace,
+        ]);
         expected.remove(&Capability::Chown);
         expected.remove(&Capability::Kill);
         assert_eq!(bounding(&caps), expected);

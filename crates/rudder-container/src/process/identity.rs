@@ -63,8 +63,16 @@ pub fn apply(security: &ProcessSecurity) -> Result<(), ProcessError> {
         .flatten()
         .map(|gid| Gid::from_raw(*gid))
         .collect();
-    nix::unistd::setgroups(&groups)
-        .map_err(|e| ProcessError::system(format!("setgroups({groups:?})"), e))?;
+    if setgroups_allowed() {
+        nix::unistd::setgroups(&groups)
+            .map_err(|e| ProcessError::system(format!("setgroups({groups:?})"), e))?;
+    } else if !groups.is_empty() {
+        // As runc: in a user namespace whose setgroups(2) was denied to allow an unprivileged
+        // gid mapping, the process keeps the groups it has.
+        tracing::warn!(
+            "setgroups is denied in this user namespace; additional groups {groups:?} not set"
+        );
+    }
     let gid = Gid::from_raw(user.gid());
     nix::unistd::setresgid(gid, gid, gid)
         .map_err(|e| ProcessError::system(format!("setresgid({gid})"), e))?;
@@ -87,6 +95,13 @@ pub fn apply(security: &ProcessSecurity) -> Result<(), ProcessError> {
         seccomp::install(program)?;
     }
     Ok(())
+}
+
+/// False in a user namespace where `/proc/self/setgroups` says `deny`.
+fn setgroups_allowed() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups")
+        .map(|text| text.trim() != "deny")
+        .unwrap_or(true)
 }
 
 /// The caps crate's set for an OCI set; an absent set is empty, as in the OCI spec.
@@ -231,12 +246,20 @@ mod tests {
 
         let uids = nix::unistd::getresuid().unwrap();
         assert_eq!(
-            (uids.real.as_raw(), uids.effective.as_raw(), uids.saved.as_raw()),
+            (
+                uids.real.as_raw(),
+                uids.effective.as_raw(),
+                uids.saved.as_raw()
+            ),
             (1000, 1000, 1000)
         );
         let gids = nix::unistd::getresgid().unwrap();
         assert_eq!(
-            (gids.real.as_raw(), gids.effective.as_raw(), gids.saved.as_raw()),
+            (
+                gids.real.as_raw(),
+                gids.effective.as_raw(),
+                gids.saved.as_raw()
+            ),
             (1000, 1000, 1000)
         );
         let groups: Vec<u32> = nix::unistd::getgroups()
@@ -384,6 +407,9 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(err, ProcessError::Unsupported(_)), "{err}");
-        assert_eq!(nix::unistd::getresuid().unwrap().effective, before.effective);
+        assert_eq!(
+            nix::unistd::getresuid().unwrap().effective,
+            before.effective
+        );
     }
 }

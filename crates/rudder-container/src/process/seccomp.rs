@@ -77,7 +77,10 @@ const DENIED_SYSCALLS: &[(&str, &[Capability])] = &[
     ("open_by_handle_at", &[Capability::DacReadSearch]),
     ("open_tree", &[Capability::SysAdmin]),
     ("open_tree_attr", &[Capability::SysAdmin]),
-    ("perf_event_open", &[Capability::SysAdmin, Capability::Perfmon]),
+    (
+        "perf_event_open",
+        &[Capability::SysAdmin, Capability::Perfmon],
+    ),
     ("pidfd_getfd", &[Capability::SysPtrace]),
     ("pivot_root", &[]),
     ("process_madvise", &[Capability::SysPtrace]),
@@ -181,11 +184,12 @@ fn action(
     })
 }
 
-// Classic BPF opcodes (linux/bpf_common.h).
-const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
-const BPF_JMP_JEQ_K: u16 = 0x05 | 0x10 | 0x00;
-const BPF_JMP_JGE_K: u16 = 0x05 | 0x30 | 0x00;
-const BPF_RET_K: u16 = 0x06 | 0x00;
+// Classic BPF opcodes (linux/bpf_common.h), each the sum of its class, size/operation and
+// source: BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_JMP|BPF_JGE|BPF_K, BPF_RET|BPF_K.
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JMP_JEQ_K: u16 = 0x15;
+const BPF_JMP_JGE_K: u16 = 0x35;
+const BPF_RET_K: u16 = 0x06;
 /// Offsets in `struct seccomp_data`.
 const SECCOMP_DATA_NR: u32 = 0;
 const SECCOMP_DATA_ARCH: u32 = 4;
@@ -713,3 +717,227 @@ const X86_64_SYSCALLS: &[(&str, i64)] = &[
 ];
 #[cfg(not(target_arch = "x86_64"))]
 const X86_64_SYSCALLS: &[(&str, i64)] = &[];
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::LinuxSeccompArg;
+
+    /// Runs a seccomp program the way the kernel does, for one syscall.
+    fn run(program: &BpfProgram, arch: u32, nr: u32) -> u32 {
+        let mut accumulator = 0u32;
+        let mut pc = 0usize;
+        loop {
+            let insn = &program[pc];
+            match insn.code {
+                BPF_LD_W_ABS => {
+                    accumulator = match insn.k {
+                        SECCOMP_DATA_NR => nr,
+                        SECCOMP_DATA_ARCH => arch,
+                        other => panic!("load of offset {other}"),
+                    };
+                    pc += 1;
+                }
+                BPF_JMP_JEQ_K | BPF_JMP_JGE_K => {
+                    let taken = if insn.code == BPF_JMP_JEQ_K {
+                        accumulator == insn.k
+                    } else {
+                        accumulator >= insn.k
+                    };
+                    pc += 1 + usize::from(if taken { insn.jt } else { insn.jf });
+                }
+                BPF_RET_K => return insn.k,
+                other => panic!("unexpected opcode {other:#x}"),
+            }
+        }
+    }
+
+    fn nr(name: &str) -> u32 {
+        syscall_number(name).unwrap() as u32
+    }
+
+    fn x86_64(program: &BpfProgram, name: &str) -> u32 {
+        run(program, AUDIT_ARCH_X86_64, nr(name))
+    }
+
+    const ALLOW: u32 = 0x7fff_0000;
+    const KILL_PROCESS: u32 = 0x8000_0000;
+    fn errno(value: i32) -> u32 {
+        0x0005_0000 | value as u32
+    }
+
+    #[test]
+    fn syscall_table_is_sorted_and_right() {
+        assert!(X86_64_SYSCALLS.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(syscall_number("read"), Some(0));
+        assert_eq!(syscall_number("unshare"), Some(272));
+        assert_eq!(syscall_number("clone3"), Some(435));
+        assert_eq!(syscall_number("open_tree_attr"), Some(467));
+        assert_eq!(syscall_number("file_setattr"), Some(469));
+        assert_eq!(syscall_number("chown32"), None);
+        let mut numbers: Vec<i64> = X86_64_SYSCALLS.iter().map(|(_, nr)| *nr).collect();
+        numbers.sort();
+        numbers.dedup();
+        assert_eq!(numbers.len(), X86_64_SYSCALLS.len());
+    }
+
+    #[test]
+    fn runtime_default_denies_the_privileged_syscalls() {
+        for (name, _) in DENIED_SYSCALLS {
+            assert!(
+                syscall_number(name).is_some(),
+                "{name} is not an x86_64 syscall"
+            );
+        }
+        let program = compile(&runtime_default()).unwrap();
+        for name in [
+            "mount",
+            "umount2",
+            "pivot_root",
+            "unshare",
+            "setns",
+            "kexec_load",
+            "init_module",
+            "finit_module",
+            "delete_module",
+            "reboot",
+            "swapon",
+            "bpf",
+            "perf_event_open",
+            "keyctl",
+            "add_key",
+            "userfaultfd",
+            "open_by_handle_at",
+            "fsopen",
+            "move_mount",
+            "open_tree",
+            "settimeofday",
+            "clock_settime",
+            "iopl",
+            "syslog",
+            "io_uring_setup",
+            "acct",
+            "quotactl",
+        ] {
+            assert_eq!(x86_64(&program, name), errno(libc::EPERM), "{name}");
+        }
+        assert_eq!(x86_64(&program, "clone3"), errno(libc::ENOSYS));
+        // The default capabilities include CAP_SYS_CHROOT, so chroot is allowed, as in Docker.
+        for name in [
+            "read",
+            "write",
+            "openat",
+            "execve",
+            "clone",
+            "chroot",
+            "personality",
+            "socket",
+            "ptrace",
+            "futex_wait",
+            "statmount",
+        ] {
+            assert_eq!(x86_64(&program, name), ALLOW, "{name}");
+        }
+        // Other ABIs cannot bypass the x86_64 list.
+        const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+        assert_eq!(run(&program, AUDIT_ARCH_I386, 26), KILL_PROCESS);
+        assert_eq!(
+            run(&program, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | nr("unshare")),
+            KILL_PROCESS
+        );
+    }
+
+    #[test]
+    fn runtime_default_follows_the_capabilities() {
+        let admin = Capabilities::from([Capability::SysAdmin, Capability::SysTime]);
+        let program = compile(&runtime_default_for(&admin)).unwrap();
+        for name in ["mount", "unshare", "setns", "clone3", "settimeofday", "bpf"] {
+            assert_eq!(x86_64(&program, name), ALLOW, "{name}");
+        }
+        for name in ["chroot", "kexec_load", "reboot", "keyctl", "init_module"] {
+            assert_eq!(x86_64(&program, name), errno(libc::EPERM), "{name}");
+        }
+    }
+
+    fn rule(names: &[&str], action: LinuxSeccompAction, errno_ret: Option<u32>) -> LinuxSyscall {
+        let mut rule = LinuxSyscall::default();
+        rule.set_names(names.iter().map(|n| n.to_string()).collect());
+        rule.set_action(action);
+        rule.set_errno_ret(errno_ret);
+        rule
+    }
+
+    fn profile(default: LinuxSeccompAction, rules: Vec<LinuxSyscall>) -> LinuxSeccomp {
+        let mut profile = LinuxSeccomp::default();
+        profile.set_default_action(default);
+        profile.set_syscalls(Some(rules));
+        profile
+    }
+
+    #[test]
+    fn compiles_an_allow_list_profile_with_per_rule_actions() {
+        let mut allow_list = profile(
+            LinuxSeccompAction::ScmpActErrno,
+            vec![
+                rule(
+                    &["read", "write", "exit_group", "chown32", "made_up"],
+                    LinuxSeccompAction::ScmpActAllow,
+                    None,
+                ),
+                rule(&["getpid"], LinuxSeccompAction::ScmpActLog, None),
+                rule(&["kill"], LinuxSeccompAction::ScmpActTrap, None),
+                rule(&["tkill"], LinuxSeccompAction::ScmpActKill, None),
+                rule(&["tgkill"], LinuxSeccompAction::ScmpActKillProcess, None),
+                rule(&["openat"], LinuxSeccompAction::ScmpActErrno, Some(13)),
+                // A later rule for the same syscall does not override the first.
+                rule(&["read"], LinuxSeccompAction::ScmpActKillProcess, None),
+            ],
+        );
+        allow_list.set_default_errno_ret(Some(libc::ENOSYS as u32));
+        let program = compile(&allow_list).unwrap();
+        assert_eq!(x86_64(&program, "read"), ALLOW);
+        assert_eq!(x86_64(&program, "exit_group"), ALLOW);
+        assert_eq!(x86_64(&program, "getpid"), 0x7ffc_0000);
+        assert_eq!(x86_64(&program, "kill"), 0x0003_0000);
+        assert_eq!(x86_64(&program, "tkill"), 0);
+        assert_eq!(x86_64(&program, "tgkill"), KILL_PROCESS);
+        assert_eq!(x86_64(&program, "openat"), errno(13));
+        assert_eq!(x86_64(&program, "mkdir"), errno(libc::ENOSYS));
+
+        // Without defaultErrnoRet the default errno is EPERM.
+        let program = compile(&profile(LinuxSeccompAction::ScmpActErrno, vec![])).unwrap();
+        assert_eq!(x86_64(&program, "mkdir"), errno(libc::EPERM));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_enforce() {
+        let mut conditional = rule(&["personality"], LinuxSeccompAction::ScmpActAllow, None);
+        conditional.set_args(Some(vec![LinuxSeccompArg::default()]));
+        let err = compile(&profile(
+            LinuxSeccompAction::ScmpActErrno,
+            vec![conditional],
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(&err, ProcessError::Unsupported(m) if m.contains("personality")),
+            "{err}"
+        );
+
+        let notify = rule(&["getpid"], LinuxSeccompAction::ScmpActNotify, None);
+        let err = compile(&profile(LinuxSeccompAction::ScmpActAllow, vec![notify])).unwrap_err();
+        assert!(
+            matches!(&err, ProcessError::Unsupported(m) if m.contains("getpid")),
+            "{err}"
+        );
+
+        let err = compile(&profile(LinuxSeccompAction::ScmpActTrace, vec![])).unwrap_err();
+        assert!(matches!(err, ProcessError::Unsupported(_)));
+
+        let mut with_listener = profile(LinuxSeccompAction::ScmpActAllow, vec![]);
+        with_listener.set_listener_path(Some("/run/agent.sock".into()));
+        assert!(matches!(
+            compile(&with_listener),
+            Err(ProcessError::Unsupported(_))
+        ));
+    }
+}
