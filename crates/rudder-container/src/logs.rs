@@ -782,6 +782,30 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn unfinished_lines_at_the_end_are_written_as_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        // A writer killed after a P chunk, and a last record without its newline.
+        fs::write(
+            &path,
+            "2024-01-01T00:00:01Z stdout F one\n\
+             2024-01-01T00:00:02Z stdout P cut \n\
+             2024-01-01T00:00:03Z stderr F no newline",
+        )
+        .unwrap();
+        assert_eq!(
+            read(&path, &ReadOptions::default()),
+            "one\nno newline\ncut "
+        );
+        let tail = ReadOptions {
+            tail: Some(1),
+            streams: Some(Stream::Stdout),
+            ..Default::default()
+        };
+        assert_eq!(read(&path, &tail), "cut ");
+    }
+
     /// A `Write` shared with the test thread.
     #[derive(Clone, Default)]
     struct SharedOutput(Arc<std::sync::Mutex<Vec<u8>>>);
