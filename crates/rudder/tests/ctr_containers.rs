@@ -17,13 +17,17 @@ const LAYERED: &str = "127.0.0.1:5000/layered:1.0";
 fn images() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/acceptance/images/build.sh");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/acceptance/images/build.sh");
         let script = if script.exists() {
             script
         } else {
             PathBuf::from("/work/shared/acceptance/images/build.sh")
         };
-        let output = Command::new("bash").arg(&script).output().expect("running bash");
+        let output = Command::new("bash")
+            .arg(&script)
+            .output()
+            .expect("running bash");
         assert!(
             output.status.success(),
             "build.sh failed: {}",
@@ -41,7 +45,10 @@ impl Node {
     fn with(images_to_pull: &[&str]) -> Node {
         images();
         let node = Node {
-            dir: tempfile::Builder::new().prefix("rudder-ctr-").tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("rudder-ctr-")
+                .tempdir()
+                .unwrap(),
         };
         for image in images_to_pull {
             node.ok(&["images", "pull", image]);
@@ -120,7 +127,14 @@ fn cgroup_dir(controller: &str, id: &str) -> PathBuf {
 #[test]
 fn exit_codes_and_output_pass_through() {
     let node = Node::with(&[BUSYBOX]);
-    let output = node.run(&["run", "--rm", BUSYBOX, "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    let output = node.run(&[
+        "run",
+        "--rm",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
     assert_eq!(output.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&output.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&output.stderr), "err\n");
@@ -129,7 +143,10 @@ fn exit_codes_and_output_pass_through() {
     let output = node.run(&["run", "--rm", BUSYBOX, "no-such-command"]);
     assert_eq!(output.status.code(), Some(127));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("\"no-such-command\": executable file not found in $PATH"), "{stderr}");
+    assert!(
+        stderr.contains("\"no-such-command\": executable file not found in $PATH"),
+        "{stderr}"
+    );
 
     // The image's Cmd runs when none is given; --rm left nothing behind.
     assert_eq!(node.ok(&["ps", "-a", "-q"]), "");
@@ -153,10 +170,18 @@ fn the_container_is_isolated_and_stdin_is_attached() {
         .unwrap();
     child.stdin.take().unwrap().write_all(b"there\n").unwrap();
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8(output.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines, ["hi there", "pid=1", "iso", "0", "proc-ok", "iso"], "{stdout}");
+    assert_eq!(
+        lines,
+        ["hi there", "pid=1", "iso", "0", "proc-ok", "iso"],
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -173,31 +198,59 @@ fn layered_images_honour_whiteouts() {
 fn limits_land_in_the_container_cgroup_and_exec_joins_it() {
     let node = Node::with(&[BUSYBOX]);
     node.ok(&[
-        "run", "-d", "--name", "limited", "--memory", "64m", "--cpus", "0.5", BUSYBOX, "sleep", "300",
+        "run", "-d", "--name", "limited", "--memory", "64m", "--cpus", "0.5", BUSYBOX, "sleep",
+        "300",
     ]);
     let v2 = rudder_cgroups::Layout::detect().unwrap().is_v2();
     if v2 {
         let dir = cgroup_dir("memory", "limited");
-        assert_eq!(fs::read_to_string(dir.join("memory.max")).unwrap().trim(), "67108864");
-        assert_eq!(fs::read_to_string(dir.join("cpu.max")).unwrap().trim(), "50000 100000");
+        assert_eq!(
+            fs::read_to_string(dir.join("memory.max")).unwrap().trim(),
+            "67108864"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("cpu.max")).unwrap().trim(),
+            "50000 100000"
+        );
     } else {
         let memory = cgroup_dir("memory", "limited");
         assert_eq!(
-            fs::read_to_string(memory.join("memory.limit_in_bytes")).unwrap().trim(),
+            fs::read_to_string(memory.join("memory.limit_in_bytes"))
+                .unwrap()
+                .trim(),
             "67108864"
         );
         let cpu = cgroup_dir("cpu", "limited");
-        assert_eq!(fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap().trim(), "50000");
-        assert_eq!(fs::read_to_string(cpu.join("cpu.cfs_period_us")).unwrap().trim(), "100000");
+        assert_eq!(
+            fs::read_to_string(cpu.join("cpu.cfs_quota_us"))
+                .unwrap()
+                .trim(),
+            "50000"
+        );
+        assert_eq!(
+            fs::read_to_string(cpu.join("cpu.cfs_period_us"))
+                .unwrap()
+                .trim(),
+            "100000"
+        );
         // The container sees its own cgroup at /sys/fs/cgroup.
-        let inside = node.ok(&["exec", "limited", "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]);
+        let inside = node.ok(&[
+            "exec",
+            "limited",
+            "cat",
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+        ]);
         assert_eq!(inside.trim(), "67108864");
     }
     // exec runs in the container's namespaces and cgroup, with its exit code.
     let ps = node.ok(&["exec", "limited", "ps"]);
     assert!(ps.lines().any(|l| l.contains("sleep 300")), "{ps}");
     let procs = fs::read_to_string(cgroup_dir("pids", "limited").join("cgroup.procs")).unwrap();
-    assert_eq!(procs.lines().count(), 1, "only the container's process: {procs}");
+    assert_eq!(
+        procs.lines().count(),
+        1,
+        "only the container's process: {procs}"
+    );
     let failed = node.run(&["exec", "limited", "sh", "-c", "exit 7"]);
     assert_eq!(failed.status.code(), Some(7));
     let missing = node.run(&["exec", "limited", "nope"]);
@@ -213,10 +266,27 @@ fn limits_land_in_the_container_cgroup_and_exec_joins_it() {
 fn out_of_memory_kills_are_reported() {
     let node = Node::with(&[BUSYBOX]);
     let output = node.run(&[
-        "run", "--name", "hog", "--memory", "16m", BUSYBOX, "sh", "-c", "x=$(yes | head -c 200000000); echo survived",
+        "run",
+        "--name",
+        "hog",
+        "--memory",
+        "16m",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "x=$(yes | head -c 200000000); echo survived",
     ]);
-    assert_eq!(output.status.code(), Some(137), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(node.status_of("hog").contains("exited (137, OOMKilled)"), "{}", node.status_of("hog"));
+    assert_eq!(
+        output.status.code(),
+        Some(137),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        node.status_of("hog").contains("exited (137, OOMKilled)"),
+        "{}",
+        node.status_of("hog")
+    );
     node.ok(&["rm", "hog"]);
 }
 
@@ -224,21 +294,36 @@ fn out_of_memory_kills_are_reported() {
 fn containers_outlive_the_process_that_started_them_and_keep_logging() {
     let node = Node::with(&[BUSYBOX]);
     let mut starter = node
-        .command(&["run", "--name", "durable", BUSYBOX, "sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done"])
+        .command(&[
+            "run",
+            "--name",
+            "durable",
+            BUSYBOX,
+            "sh",
+            "-c",
+            "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    eventually("the container to run", || node.status_of("durable").contains("running"));
+    eventually("the container to run", || {
+        node.status_of("durable").contains("running")
+    });
     starter.kill().unwrap();
     starter.wait().unwrap();
 
     let ticks = |node: &Node| node.ok(&["logs", "durable"]).lines().count();
     let before = ticks(&node);
-    eventually("more log lines after the starter died", || ticks(&node) > before + 3);
+    eventually("more log lines after the starter died", || {
+        ticks(&node) > before + 3
+    });
     assert!(node.status_of("durable").contains("running"));
-    assert_eq!(node.ok(&["exec", "durable", "echo", "still here"]), "still here\n");
+    assert_eq!(
+        node.ok(&["exec", "durable", "echo", "still here"]),
+        "still here\n"
+    );
     let tail = node.ok(&["logs", "--tail", "2", "durable"]);
     assert_eq!(tail.lines().count(), 2);
     assert!(tail.lines().all(|l| l.starts_with("tick ")), "{tail}");
@@ -251,7 +336,9 @@ fn containers_outlive_the_process_that_started_them_and_keep_logging() {
 #[test]
 fn reset_removes_containers_mounts_cgroups_and_data() {
     let node = Node::with(&[BUSYBOX]);
-    node.ok(&["run", "-d", "--name", "doomed", "--memory", "32m", BUSYBOX, "sleep", "300"]);
+    node.ok(&[
+        "run", "-d", "--name", "doomed", "--memory", "32m", BUSYBOX, "sleep", "300",
+    ]);
     let pid: i32 = node
         .status_of("doomed")
         .split_whitespace()
@@ -270,7 +357,11 @@ fn reset_removes_containers_mounts_cgroups_and_data() {
         .arg(node.data_dir())
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(!node.data_dir().exists());
     assert!(!memory.exists());
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
