@@ -44,6 +44,18 @@ pub struct RunArgs {
     /// Run with every capability and no confinement.
     #[arg(long)]
     privileged: bool,
+    /// Run as UID[:GID] (numeric; default: the image's USER).
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Mount the root filesystem read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// Capabilities to add to the default set (NET_ADMIN, ALL, ...).
+    #[arg(long = "cap-add")]
+    cap_add: Vec<String>,
+    /// Capabilities to drop from the default set.
+    #[arg(long = "cap-drop")]
+    cap_drop: Vec<String>,
     /// Replaces the image's Entrypoint.
     #[arg(long)]
     entrypoint: Option<String>,
@@ -161,6 +173,21 @@ pub fn run(data_dir: &std::path::Path, args: RunArgs) -> anyhow::Result<i32> {
         ..Limits::default()
     };
     request.privileged = args.privileged;
+    request.readonly_rootfs = args.read_only;
+    request.cap_add = args.cap_add.clone();
+    request.cap_drop = args.cap_drop.clone();
+    if let Some(user) = &args.user {
+        let (uid, gid) = match user.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (user.as_str(), None),
+        };
+        request.run_as_user = Some(uid.parse().with_context(|| {
+            format!("--user {user:?}: give a numeric UID[:GID] (names come from the image's USER)")
+        })?);
+        request.run_as_group = gid
+            .map(|g| g.parse().with_context(|| format!("--user {user:?}: invalid GID")))
+            .transpose()?;
+    }
     request.cgroups_path = Some(PathBuf::from(format!("rudder/ctr/{id}")));
     if args.net_host {
         let mut config = rudder_container::spec::ContainerConfig::new(Vec::new());

@@ -185,6 +185,35 @@ fn the_container_is_isolated_and_stdin_is_attached() {
 }
 
 #[test]
+fn identity_capabilities_and_a_read_only_root_are_applied() {
+    let node = Node::with(&[BUSYBOX]);
+    let out = node.ok(&[
+        "run", "--rm", "--user", "65534:65534", "--read-only", BUSYBOX, "sh", "-c",
+        "id -u; id -g; touch /probe 2>/dev/null || echo read-only; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..3], ["65534", "65534", "read-only"], "{out}");
+    // A non-root user keeps no effective capabilities; the RuntimeDefault
+    // seccomp filter is on.
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+
+    // Root in the container has the default set minus what is dropped:
+    // without CAP_CHOWN, chown fails.
+    let out = node.ok(&[
+        "run", "--rm", "--cap-drop", "CHOWN", BUSYBOX, "sh", "-c",
+        "touch /tmp/f; chown 1:1 /tmp/f 2>/dev/null && echo chowned || echo denied; cat /proc/1/status | grep CapBnd",
+    ]);
+    assert!(out.starts_with("denied\n"), "{out}");
+    // /proc/kcore is masked, /proc/sys read-only.
+    let out = node.ok(&[
+        "run", "--rm", BUSYBOX, "sh", "-c",
+        "wc -c < /proc/kcore; echo 1 > /proc/sys/kernel/domainname 2>/dev/null && echo wrote || echo ro",
+    ]);
+    assert_eq!(out, "0\nro\n");
+}
+
+#[test]
 fn layered_images_honour_whiteouts() {
     let node = Node::with(&[LAYERED]);
     let out = node.ok(&[
