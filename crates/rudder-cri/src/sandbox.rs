@@ -407,15 +407,13 @@ impl NodeRuntime {
             "lo".into(),
             "up".into(),
         ]));
-        let net_admin: std::collections::HashSet<_> =
-            [oci_spec::runtime::Capability::NetAdmin].into();
         process.set_capabilities(Some(
-            LinuxCapabilitiesBuilder::default()
-                .bounding(net_admin.clone())
-                .effective(net_admin.clone())
-                .permitted(net_admin)
-                .build()
-                .map_err(|e| CriError::Invalid(format!("loopback capabilities: {e}")))?,
+            rudder_container::process::capabilities::container_capabilities(
+                &["NET_ADMIN".to_string()],
+                &["ALL".to_string()],
+                false,
+            )
+            .map_err(|e| CriError::Invalid(format!("loopback capabilities: {e}")))?,
         ));
         let output = self
             .containers()
