@@ -11,8 +11,15 @@ pub enum CriError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Cgroup(#[from] rudder_cgroups::CgroupError),
     #[error("{0}")]
     Invalid(String),
+    /// The pod sandbox, container or image asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Timeout(String),
 }
 
 pub type Result<T, E = CriError> = std::result::Result<T, E>;

@@ -4,9 +4,12 @@
 //! use the same [`NodeRuntime`] over the same data directory.
 
 pub mod bundle;
+pub mod cri;
 pub mod error;
 pub mod node;
+pub mod sandbox;
 
 pub use bundle::{BundleRequest, Bundles};
+pub use cri::{ImageService, RuntimeService};
 pub use error::{CriError, Result};
 pub use node::NodeRuntime;

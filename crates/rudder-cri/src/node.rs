@@ -11,7 +11,12 @@ use rudder_container::{CreateOptions, Runtime, State, Status};
 use rudder_image::ImageStore;
 
 use crate::bundle::{BundleRequest, Bundles};
+use crate::cri::{
+    self, BoxFuture, FilesystemUsage, ImageFilter, ImageService, ImageSpec, RuntimeService,
+};
 use crate::error::{io, CriError, Result};
+use crate::sandbox::{disk_usage, Sandboxes};
+use rudder_image::{ImageRecord, RegistriesConfig};
 
 /// Labels the runtime keeps on each container.
 pub const LABEL_IMAGE: &str = "io.rudder.image";
@@ -30,6 +35,11 @@ pub struct NodeRuntime {
     images: ImageStore,
     containers: Runtime,
     bundles: Bundles,
+    sandboxes: Sandboxes,
+    /// The `rudder` executable (shims, and the pod sandboxes' pause process).
+    binary: PathBuf,
+    /// Mirrors and credentials for [`ImageService::pull_image`].
+    registries: RegistriesConfig,
 }
 
 /// How to run a container made from a [`BundleRequest`].
@@ -47,9 +57,27 @@ impl NodeRuntime {
         Ok(NodeRuntime {
             data_dir: data_dir.to_path_buf(),
             images,
-            containers: Runtime::new(data_dir.join("containers"), binary),
+            containers: Runtime::new(data_dir.join("containers"), binary.clone()),
             bundles: Bundles::new(data_dir.join("bundles")),
+            sandboxes: Sandboxes::new(data_dir.join("sandboxes")),
+            binary,
+            registries: RegistriesConfig::default(),
         })
+    }
+
+    /// Pulls through [`ImageService::pull_image`] use these mirrors and
+    /// credentials (default: none, anonymous).
+    pub fn with_registries(mut self, registries: RegistriesConfig) -> NodeRuntime {
+        self.registries = registries;
+        self
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    pub fn sandboxes(&self) -> &Sandboxes {
+        &self.sandboxes
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -165,6 +193,12 @@ impl NodeRuntime {
     /// the data directory and removes it, with the images: `rudder reset`.
     pub fn reset(&self) -> Result<ResetReport> {
         let mut report = ResetReport::default();
+        // Pods first: removing them also removes their cgroups.
+        for id in self.sandboxes.ids() {
+            if let Err(e) = RuntimeService::remove_pod_sandbox(self, &id) {
+                report.errors.push(format!("pod sandbox {id}: {e}"));
+            }
+        }
         for state in self.containers.list()? {
             match self.remove_container(&state.id, true) {
                 Ok(()) => report.containers_removed += 1,
@@ -198,6 +232,146 @@ impl NodeRuntime {
                 .map_err(io(format!("removing {}", self.data_dir.display())))?;
         }
         Ok(report)
+    }
+}
+
+/// `registry/repo:tag` -> `registry/repo` (a digest reference keeps its
+/// repository too).
+fn repository_of(name: &str) -> &str {
+    if let Some((repo, _)) = name.split_once('@') {
+        return repo;
+    }
+    match name.rfind(':') {
+        Some(colon) if !name[colon..].contains('/') => &name[..colon],
+        _ => name,
+    }
+}
+
+fn is_digest(name: &str) -> bool {
+    name.starts_with("sha256:")
+}
+
+/// The CRI images of the store: one per image id (config digest), with
+/// every name it has.
+fn cri_images(records: Vec<ImageRecord>) -> Vec<cri::Image> {
+    let mut by_id: BTreeMap<String, cri::Image> = BTreeMap::new();
+    for record in records {
+        let image = by_id
+            .entry(record.config_digest.clone())
+            .or_insert_with(|| cri::Image {
+                id: record.config_digest.clone(),
+                size: record.size,
+                ..Default::default()
+            });
+        if !is_digest(&record.name) && !record.name.contains('@') {
+            image.repo_tags.push(record.name.clone());
+        }
+        if !is_digest(&record.name) {
+            let repo_digest = format!("{}@{}", repository_of(&record.name), record.digest);
+            if !image.repo_digests.contains(&repo_digest) {
+                image.repo_digests.push(repo_digest);
+            }
+        }
+    }
+    by_id.into_values().collect()
+}
+
+impl NodeRuntime {
+    /// The store's names for `spec`: its own, or every name of the image
+    /// whose id (config digest) it is.
+    fn image_names(&self, spec: &ImageSpec) -> Result<Vec<String>> {
+        let records = self.images.list()?;
+        let by_id: Vec<String> = records
+            .iter()
+            .filter(|r| r.config_digest == spec.image)
+            .map(|r| r.name.clone())
+            .collect();
+        if !by_id.is_empty() {
+            return Ok(by_id);
+        }
+        match self.images.record(&spec.image) {
+            Ok(record) => Ok(vec![record.name]),
+            Err(rudder_image::Error::ImageNotPresent { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl ImageService for NodeRuntime {
+    fn list_images(&self, filter: &ImageFilter) -> Result<Vec<cri::Image>> {
+        match &filter.image {
+            None => Ok(cri_images(self.images.list()?)),
+            Some(spec) => Ok(self.image_status(spec)?.into_iter().collect()),
+        }
+    }
+
+    fn image_status(&self, spec: &ImageSpec) -> Result<Option<cri::Image>> {
+        let names = self.image_names(spec)?;
+        let Some(first) = names.first() else {
+            return Ok(None);
+        };
+        let id = self.images.record(first)?.config_digest;
+        Ok(cri_images(self.images.list()?)
+            .into_iter()
+            .find(|image| image.id == id))
+    }
+
+    fn pull_image<'a>(
+        &'a self,
+        spec: &'a ImageSpec,
+        auth: Option<&'a cri::AuthConfig>,
+    ) -> BoxFuture<'a, Result<String>> {
+        Box::pin(async move {
+            let mut registries = self.registries.clone();
+            if let Some(auth) = auth {
+                // The credentials are for the image's registry (or the one
+                // the agent names), over whatever the config says for it.
+                let host = if auth.server_address.is_empty() {
+                    rudder_image::ImageRef::parse(&spec.image)?
+                        .registry()
+                        .to_string()
+                } else {
+                    auth.server_address
+                        .trim_start_matches("https://")
+                        .trim_start_matches("http://")
+                        .trim_end_matches('/')
+                        .to_string()
+                };
+                let token = [&auth.identity_token, &auth.registry_token]
+                    .into_iter()
+                    .find(|t| !t.is_empty())
+                    .cloned();
+                let host_config = registries.configs.entry(host).or_default();
+                let mut credentials = host_config.auth.take().unwrap_or_default();
+                credentials.username = Some(auth.username.clone()).filter(|u| !u.is_empty());
+                credentials.password = Some(auth.password.clone()).filter(|p| !p.is_empty());
+                credentials.auth = Some(auth.auth.clone()).filter(|a| !a.is_empty());
+                credentials.token = token;
+                host_config.auth = Some(credentials);
+            }
+            let report = rudder_image::Puller::new(registries)
+                .pull(&self.images, &spec.image)
+                .await?;
+            Ok(report.record.config_digest)
+        })
+    }
+
+    fn remove_image(&self, spec: &ImageSpec) -> Result<()> {
+        for name in self.image_names(spec)? {
+            NodeRuntime::remove_image(self, &name)?;
+        }
+        Ok(())
+    }
+
+    fn image_fs_info(&self) -> Result<Vec<FilesystemUsage>> {
+        let root = self.images.root();
+        let (used_bytes, inodes_used) = disk_usage(root);
+        Ok(vec![FilesystemUsage {
+            timestamp: i64::try_from(rudder_container::state::now_nanos()).unwrap_or(i64::MAX),
+            mountpoint: root.to_string_lossy().into_owned(),
+            used_bytes,
+            inodes_used,
+        }])
     }
 }
 
@@ -268,6 +442,44 @@ mod tests {
         assert_eq!(parse_signal("term"), Some(Signal::SIGTERM));
         assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
         assert_eq!(parse_signal("SIGNOPE"), None);
+    }
+
+    #[test]
+    fn repositories_drop_the_tag_but_not_the_port() {
+        assert_eq!(
+            repository_of("127.0.0.1:5000/busybox:1.35"),
+            "127.0.0.1:5000/busybox"
+        );
+        assert_eq!(
+            repository_of("127.0.0.1:5000/busybox"),
+            "127.0.0.1:5000/busybox"
+        );
+        assert_eq!(
+            repository_of("docker.io/library/a@sha256:00"),
+            "docker.io/library/a"
+        );
+    }
+
+    #[test]
+    fn images_group_their_names_by_id() {
+        let record = |name: &str, config: &str| ImageRecord {
+            name: name.into(),
+            digest: "sha256:m".into(),
+            manifest_digest: "sha256:m".into(),
+            config_digest: config.into(),
+            layers: Vec::new(),
+            size: 7,
+        };
+        let images = cri_images(vec![
+            record("r/a:1", "sha256:c1"),
+            record("r/a:latest", "sha256:c1"),
+            record("r/b:1", "sha256:c2"),
+        ]);
+        assert_eq!(images.len(), 2);
+        assert_eq!(images[0].id, "sha256:c1");
+        assert_eq!(images[0].repo_tags, ["r/a:1", "r/a:latest"]);
+        assert_eq!(images[0].repo_digests, ["r/a@sha256:m"]);
+        assert_eq!(images[0].size, 7);
     }
 
     #[test]
