@@ -253,7 +253,13 @@ pub fn build(config: &ContainerConfig) -> Result<Spec> {
         .resources(resources.build().map_err(invalid)?)
         .build()
         .map_err(invalid)?;
-    if !config.privileged {
+    // The builder starts from the spec's defaults: set (or clear) the
+    // confinement explicitly.
+    if config.privileged {
+        linux.set_masked_paths(None);
+        linux.set_readonly_paths(None);
+        linux.set_seccomp(None);
+    } else {
         linux.set_masked_paths(default_linux.masked_paths().clone());
         linux.set_readonly_paths(default_linux.readonly_paths().clone());
         linux.set_seccomp(config.seccomp.clone());

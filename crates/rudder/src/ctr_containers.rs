@@ -185,7 +185,10 @@ pub fn run(data_dir: &std::path::Path, args: RunArgs) -> anyhow::Result<i32> {
             format!("--user {user:?}: give a numeric UID[:GID] (names come from the image's USER)")
         })?);
         request.run_as_group = gid
-            .map(|g| g.parse().with_context(|| format!("--user {user:?}: invalid GID")))
+            .map(|g| {
+                g.parse()
+                    .with_context(|| format!("--user {user:?}: invalid GID"))
+            })
             .transpose()?;
     }
     request.cgroups_path = Some(PathBuf::from(format!("rudder/ctr/{id}")));
