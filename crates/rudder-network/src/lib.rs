@@ -1,0 +1,1 @@
+//! Pod networking on a node (see ARCHITECTURE.md).
