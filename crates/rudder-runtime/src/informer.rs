@@ -105,6 +105,7 @@ impl<K> State<K> {
 
 struct Inner<K> {
     api: Api<K>,
+    config: watcher::Config,
     state: RwLock<State<K>>,
     handlers: RwLock<Vec<Handler<K>>>,
     synced: tokio::sync::watch::Sender<bool>,
@@ -132,6 +133,12 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     pub fn new(api: Api<K>) -> Self {
+        Self::with_config(api, watcher::Config::default())
+    }
+
+    /// An informer over a subset: `config` carries the label and field
+    /// selectors (a node agent watches only the pods bound to its node).
+    pub fn with_config(api: Api<K>, config: watcher::Config) -> Self {
         let mut indexes = HashMap::new();
         indexes.insert(
             NAMESPACE_INDEX,
@@ -143,6 +150,7 @@ where
         Informer {
             inner: Arc::new(Inner {
                 api,
+                config,
                 state: RwLock::new(State {
                     objects: HashMap::new(),
                     indexes,
@@ -262,7 +270,7 @@ where
     }
 
     async fn run(self) {
-        let mut stream = watcher::watcher(self.inner.api.clone(), watcher::Config::default())
+        let mut stream = watcher::watcher(self.inner.api.clone(), self.inner.config.clone())
             .default_backoff()
             .boxed();
         let mut relist: Option<HashMap<ObjectKey, Arc<K>>> = None;

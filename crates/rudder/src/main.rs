@@ -1,5 +1,6 @@
 //! The `rudder` binary: wires the components into one program.
 
+mod agent;
 mod client;
 mod ctr;
 mod ctr_containers;
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Runs the control plane (API server on the embedded store or etcd).
     Server(server::ServerArgs),
+    /// Runs a node agent (kubelet) against an API server.
+    Agent(agent::AgentArgs),
     /// Runs the scheduler on its own against an API server.
     Scheduler(client::SchedulerArgs),
     /// Runs the controller manager on its own against an API server.
@@ -71,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Server(args) => runtime.block_on(server::run(args)),
+        Command::Agent(args) => runtime.block_on(agent::run(args)),
         Command::Scheduler(args) => runtime.block_on(client::run_scheduler(args)),
         Command::ControllerManager(args) => runtime.block_on(client::run_controller_manager(args)),
         Command::Simulate(args) => runtime.block_on(client::run_simulate(args)),

@@ -39,6 +39,8 @@ pub struct ServerArgs {
     disable_controller_manager: bool,
     #[command(flatten)]
     controller_flags: crate::client::ControllerFlags,
+    #[command(flatten)]
+    agent_flags: crate::agent::AgentFlags,
     /// The scheduler's KubeSchedulerConfiguration file.
     #[arg(long)]
     scheduler_config: Option<PathBuf>,
@@ -72,12 +74,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .context("opening the store")?;
     tracing::info!(backend = store.backend(), "store ready");
-    if !args.disable_agent {
-        tracing::warn!(
-            "the node agent is not built yet: this server runs the control plane only \
-             (pass --disable-agent to silence this warning)"
-        );
-    }
     tokio::spawn(Compactor::new(store.clone(), args.compaction_interval).run());
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -122,6 +118,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 rudder_controllers::run_with_leader_election(client, controllers, options).await
             {
                 tracing::error!(error = %err, "the controller manager stopped");
+            }
+        });
+    }
+
+    if !args.disable_agent {
+        let client = crate::client::client_from(Some(&kubeconfig)).await?;
+        let config = crate::agent::config(&args.data_dir.join("agent"), &args.agent_flags, true)?;
+        tokio::spawn(async move {
+            if let Err(err) = rudder_agent::run(client, config).await {
+                tracing::error!(error = %err, "the node agent stopped");
             }
         });
     }

@@ -1,0 +1,81 @@
+//! `rudder agent`, and the agent inside `rudder server`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+
+/// Flags shared by `rudder agent` and the agent in `rudder server`.
+#[derive(Args, Debug, Clone)]
+pub struct AgentFlags {
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The port of the agent's API (logs, exec, port-forward); if it is
+    /// taken, a free one is used and advertised in the Node's status.
+    #[arg(long, default_value_t = 10250)]
+    agent_port: u16,
+    /// The Linux bridge pods attach to.
+    #[arg(long, default_value = "rudder0")]
+    bridge_name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The API server's URL.
+    #[arg(long)]
+    server: Option<String>,
+    /// A kubeconfig for the API server (instead of --server).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The agent's data directory.
+    #[arg(long, env = "RUDDER_DATA_DIR", default_value = "/var/lib/rudder/agent")]
+    data_dir: PathBuf,
+    /// The address other nodes and the API server reach this node at.
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    #[command(flatten)]
+    flags: AgentFlags,
+}
+
+/// Where the agent listens: the wanted port, or a free one when taken.
+fn listen_address(port: u16) -> SocketAddr {
+    let wanted = SocketAddr::from(([0, 0, 0, 0], port));
+    match std::net::TcpListener::bind(wanted) {
+        Ok(_) => wanted,
+        Err(e) => {
+            tracing::warn!(port, error = %e, "the agent's port is taken; using a free one");
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        }
+    }
+}
+
+pub fn config(data_dir: &Path, flags: &AgentFlags, control_plane: bool) -> anyhow::Result<rudder_agent::AgentConfig> {
+    Ok(rudder_agent::AgentConfig {
+        data_dir: data_dir.to_path_buf(),
+        node_name: flags.node_name.clone(),
+        control_plane,
+        listen: listen_address(flags.agent_port),
+        binary: std::env::current_exe().context("locating the rudder executable")?,
+        bridge: flags.bridge_name.clone(),
+        node_ip: None,
+    })
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let client = match (&args.server, &args.kubeconfig) {
+        (_, Some(path)) => crate::client::client_from(Some(path)).await?,
+        (Some(url), None) => {
+            let config = kube::Config::new(url.parse().with_context(|| format!("invalid --server {url:?}"))?);
+            kube::Client::try_from(config)?
+        }
+        (None, None) => crate::client::client_from(None).await?,
+    };
+    let mut config = config(&args.data_dir, &args.flags, false)?;
+    config.node_ip = args.node_ip;
+    tokio::select! {
+        result = rudder_agent::run(client, config) => result,
+        _ = crate::server::shutdown_signal() => Ok(()),
+    }
+}
