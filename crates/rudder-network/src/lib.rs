@@ -27,7 +27,7 @@ use std::sync::OnceLock;
 pub use cidr::Ipv4Cidr;
 pub use ipam::Ipam;
 pub use masquerade::Backend;
-pub use veth::{host_name as host_veth_name, POD_IFNAME};
+pub use veth::{host_name as host_veth_name, pod_mac, POD_IFNAME};
 
 /// The bridge's name unless configured (flannel's is `cni0`).
 pub const DEFAULT_BRIDGE: &str = "rudder0";

@@ -286,4 +286,115 @@ mod tests {
         };
         assert!(longest.nat_chain().len() <= 28 && longest.forward_chain().len() <= 28);
     }
+
+    fn iptables_rules(bridge: &str) -> String {
+        let nat = Tool::new("iptables")
+            .args(["-w", "-t", "nat", "-S"])
+            .run()
+            .unwrap();
+        let filter = Tool::new("iptables")
+            .args(["-w", "-t", "filter", "-S"])
+            .run()
+            .unwrap();
+        (nat + &filter)
+            .lines()
+            .filter(|l| l.contains(bridge))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    /// The iptables backend on the real kernel (root): installed twice,
+    /// every rule once; removed, nothing left.
+    #[test]
+    fn iptables_backend_is_idempotent_and_removable() {
+        let bridge = format!("rdi{:06x}", std::process::id() & 0xff_ffff);
+        let rules = Rules {
+            bridge: &bridge,
+            pod_cidr: "10.197.3.0/24".parse().unwrap(),
+            cluster_cidr: "10.197.0.0/16".parse().unwrap(),
+        };
+        struct Guard<'a>(&'a Rules<'a>);
+        impl Drop for Guard<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.remove();
+            }
+        }
+        let _guard = Guard(&rules);
+        rules.ensure(Backend::Iptables).unwrap();
+        rules.ensure(Backend::Iptables).unwrap();
+        let listing = iptables_rules(&bridge);
+        let expected = [
+            format!("-N RUDDER-NAT-{bridge}"),
+            format!("-A POSTROUTING -s 10.197.3.0/24 -j RUDDER-NAT-{bridge}"),
+            format!("-A RUDDER-NAT-{bridge} -d 10.197.0.0/16 -j RETURN"),
+            format!("-A RUDDER-NAT-{bridge} -d 224.0.0.0/4 -j RETURN"),
+            format!("-N RUDDER-FWD-{bridge}"),
+            format!("-A FORWARD -j RUDDER-FWD-{bridge}"),
+            format!("-A RUDDER-FWD-{bridge} -i {bridge} -j ACCEPT"),
+            format!("-A RUDDER-FWD-{bridge} -o {bridge} -j ACCEPT"),
+        ];
+        for rule in &expected {
+            assert_eq!(
+                listing.lines().filter(|l| l == rule).count(),
+                1,
+                "{rule} in\n{listing}"
+            );
+        }
+        let masq: Vec<&str> = listing
+            .lines()
+            .filter(|l| l.contains("MASQUERADE"))
+            .collect();
+        assert_eq!(masq.len(), 1, "{listing}");
+        assert!(masq[0].contains("--random-fully"), "{listing}");
+        assert_eq!(listing.lines().count(), expected.len() + 1, "{listing}");
+        rules.remove().unwrap();
+        assert_eq!(iptables_rules(&bridge), "");
+        rules.remove().unwrap();
+    }
+
+    /// The nftables backend on the real kernel (root).
+    #[test]
+    fn nft_backend_is_idempotent_and_removable() {
+        let bridge = format!("rdn{:06x}", std::process::id() & 0xff_ffff);
+        let rules = Rules {
+            bridge: &bridge,
+            pod_cidr: "10.197.4.0/24".parse().unwrap(),
+            cluster_cidr: "10.197.0.0/16".parse().unwrap(),
+        };
+        struct Guard<'a>(&'a Rules<'a>);
+        impl Drop for Guard<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.remove();
+            }
+        }
+        let _guard = Guard(&rules);
+        rules.ensure(Backend::Nftables).unwrap();
+        rules.ensure(Backend::Nftables).unwrap();
+        let table = rules.nft_table();
+        let listing = Tool::new("nft")
+            .args(["list", "table", "ip", &table])
+            .run()
+            .unwrap();
+        assert_eq!(listing.matches("masquerade").count(), 1, "{listing}");
+        assert_eq!(
+            listing
+                .matches(&format!("iifname \"{bridge}\" accept"))
+                .count(),
+            1,
+            "{listing}"
+        );
+        assert_eq!(
+            listing
+                .matches(&format!("oifname \"{bridge}\" accept"))
+                .count(),
+            1,
+            "{listing}"
+        );
+        rules.remove().unwrap();
+        assert!(Tool::new("nft")
+            .args(["list", "table", "ip", &table])
+            .run()
+            .is_err());
+        rules.remove().unwrap();
+    }
 }

@@ -25,6 +25,15 @@ pub fn host_name(sandbox_id: &str) -> String {
     format!("veth{:08x}", (hash ^ (hash >> 32)) as u32)
 }
 
+/// The pod end's MAC address: `0a:58:` and the four bytes of its IPv4
+/// address (the CNI plugins' private prefix, as kubenet did). A pair rebuilt
+/// for the same address keeps its MAC, so the neighbours' ARP caches stay
+/// right.
+pub fn pod_mac(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
 /// What a pod's end gets.
 pub(crate) struct PodLink<'a> {
     pub host: &'a str,
@@ -52,9 +61,12 @@ pub(crate) fn create(link: &PodLink<'_>) -> Result<(), NetworkError> {
     // (named by our PID, which `nsenter --net` leaves in our PID namespace):
     // both ends appear at once, whatever kind of path `netns` is.
     let our_pid = std::process::id().to_string();
+    let mac = pod_mac(link.ip);
     Tool::new("nsenter")
         .arg(format!("--net={netns}"))
-        .args(["ip", "link", "add", POD_IFNAME, "mtu", &mtu, "type", "veth"])
+        .args([
+            "ip", "link", "add", POD_IFNAME, "address", &mac, "mtu", &mtu, "type", "veth",
+        ])
         .args(["peer", "name", link.host, "mtu", &mtu, "netns", &our_pid])
         .run()?;
     let configured = configure(link, netns);
@@ -104,6 +116,11 @@ pub(crate) fn delete(host: &str) -> Result<(), NetworkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_macs_are_derived_from_the_address() {
+        assert_eq!(pod_mac(Ipv4Addr::new(10, 42, 0, 12)), "0a:58:0a:2a:00:0c");
+    }
 
     #[test]
     fn host_names_are_stable_short_and_distinct() {
