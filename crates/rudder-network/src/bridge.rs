@@ -72,21 +72,37 @@ pub(crate) fn ensure(
     Tool::new("ip")
         .args(["link", "set", "dev", name, "mtu", &mtu])
         .run()?;
+    let ours = format!("{gateway}/{prefix}");
     Tool::new("ip")
-        .args([
-            "addr",
-            "replace",
-            &format!("{gateway}/{prefix}"),
-            "brd",
-            "+",
-            "dev",
-            name,
-        ])
+        .args(["addr", "replace", &ours, "brd", "+", "dev", name])
         .run()?;
+    // An address left from an earlier pod CIDR would route the old range to
+    // the bridge: the bridge is ours, the node's pod CIDR decides.
+    let listing = Tool::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", name])
+        .run()?;
+    for stale in ipv4_addresses(&listing).into_iter().filter(|a| *a != ours) {
+        tracing::info!(bridge = name, address = %stale, "removing a stale bridge address");
+        Tool::new("ip")
+            .args(["addr", "del", &stale, "dev", name])
+            .run()?;
+    }
     Tool::new("ip")
         .args(["link", "set", "dev", name, "up"])
         .run()?;
     Ok(())
+}
+
+/// The `ADDRESS/PREFIX`es in the output of `ip -4 -o addr show`.
+fn ipv4_addresses(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            words.next().map(str::to_string)
+        })
+        .collect()
 }
 
 /// Deletes the bridge (its ports are detached, not deleted); nothing if it
@@ -126,4 +142,17 @@ pub(crate) fn enable_ip_forward() -> Result<(), NetworkError> {
         context: format!("writing 1 to {IP_FORWARD}"),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ip_addr_show() {
+        let listing = "7: rudder0    inet 10.42.0.1/24 brd 10.42.0.255 scope global rudder0\\       valid_lft forever preferred_lft forever\n\
+                       7: rudder0    inet 10.41.0.1/24 brd 10.41.0.255 scope global rudder0\\       valid_lft forever preferred_lft forever\n";
+        assert_eq!(ipv4_addresses(listing), ["10.42.0.1/24", "10.41.0.1/24"]);
+        assert!(ipv4_addresses("").is_empty());
+    }
 }

@@ -255,8 +255,12 @@ fn remove_iptables_chain(table: &str, from: &str, chain: &str) -> Result<(), Net
 
 /// Whether iptables' `filter FORWARD` policy is `DROP`.
 fn iptables_forward_drops() -> Result<bool, NetworkError> {
-    let listing = iptables("filter", ["-S", "FORWARD"])?;
-    Ok(listing.lines().any(|l| l.trim() == "-P FORWARD DROP"))
+    Ok(policy_drops(&iptables("filter", ["-S", "FORWARD"])?))
+}
+
+/// Whether an `iptables -S FORWARD` listing sets the policy to `DROP`.
+fn policy_drops(listing: &str) -> bool {
+    listing.lines().any(|l| l.trim() == "-P FORWARD DROP")
 }
 
 #[cfg(test)]
@@ -285,6 +289,12 @@ mod tests {
             ..rules
         };
         assert!(longest.nat_chain().len() <= 28 && longest.forward_chain().len() <= 28);
+    }
+
+    #[test]
+    fn reads_the_forward_policy() {
+        assert!(policy_drops("-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n"));
+        assert!(!policy_drops("-P FORWARD ACCEPT\n-A FORWARD -j DROP\n"));
     }
 
     fn iptables_rules(bridge: &str) -> String {

@@ -170,8 +170,13 @@ fn two_pods_reach_each_other_and_everything_goes_away() {
     let gateway: Ipv4Addr = format!("10.199.{x}.1").parse().unwrap();
     assert_eq!(net.gateway(), gateway);
 
-    // The node side, twice: nothing doubles.
+    // The node side, twice: nothing doubles, and an address left from an
+    // earlier pod CIDR goes.
     net.ensure_node().unwrap();
+    stdout(
+        "ip",
+        &["addr", "add", &format!("10.194.{x}.1/24"), "dev", &bridge],
+    );
     net.ensure_node().unwrap();
     assert!(link_exists(&bridge));
     let addrs = stdout("ip", &["-4", "-o", "addr", "show", "dev", &bridge]);
