@@ -150,13 +150,21 @@ async fn pod_network(client: &Client, name: &str, config: &AgentConfig) -> Optio
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    let network_config = match rudder_network::NetworkConfig::new(&config.bridge, &cidr, config.data_dir.join("network")) {
+    let pod_cidr: rudder_network::Ipv4Cidr = match cidr.parse() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(cidr = %cidr, error = %e, "invalid podCIDR; pods get no network");
             return None;
         }
     };
+    let mut network_config = rudder_network::NetworkConfig::new(pod_cidr, config.data_dir.join("network"));
+    network_config.bridge = config.bridge.clone();
+    // `rudder reset` finds the bridge and rules to remove from this record.
+    let _ = std::fs::create_dir_all(config.data_dir.join("network"));
+    let _ = std::fs::write(
+        config.data_dir.join("network").join("config.json"),
+        serde_json::json!({"bridge": config.bridge, "podCIDR": cidr}).to_string(),
+    );
     match rudder_network::PodNetwork::new(network_config).and_then(|n| n.ensure_node().map(|()| n)) {
         Ok(network) => {
             tracing::info!(cidr = %cidr, bridge = %config.bridge, "pod network ready");

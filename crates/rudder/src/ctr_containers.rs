@@ -432,29 +432,64 @@ pub fn rm(data_dir: &std::path::Path, args: RmArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `rudder reset`: everything the node's runtime made, gone.
+/// `rudder reset`: everything the node's agent and runtime made, gone:
+/// containers and pod sandboxes, their mounts and cgroups, the pod network
+/// (veths, bridge, rules) and the agent's data. `data_dir` is an agent's
+/// data dir, or a server's (whose agent lives in `agent/`); a server's own
+/// store is kept.
 pub fn reset(data_dir: &std::path::Path) -> anyhow::Result<()> {
-    if !data_dir.exists() {
-        println!("nothing to reset at {}", data_dir.display());
+    let agent_dir = if data_dir.join("agent").is_dir() {
+        data_dir.join("agent")
+    } else {
+        data_dir.to_path_buf()
+    };
+    if !agent_dir.exists() {
+        println!("nothing to reset at {}", agent_dir.display());
         return Ok(());
     }
-    let node = node(data_dir)?;
+    // The network's record, read before the data dir goes.
+    let network = std::fs::read_to_string(agent_dir.join("network/config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+    let node = node(&agent_dir)?;
     let report = node.reset()?;
     for error in &report.errors {
         eprintln!("rudder reset: {error}");
     }
-    if !report.errors.is_empty() {
-        bail!("reset incomplete; {} kept", data_dir.display());
+    let mut network_removed = false;
+    if let Some(record) = network {
+        let bridge = record["bridge"].as_str().unwrap_or("rudder0").to_string();
+        let cidr: Option<rudder_network::Ipv4Cidr> = record["podCIDR"].as_str().and_then(|c| c.parse().ok());
+        if let Some(cidr) = cidr {
+            let mut config = rudder_network::NetworkConfig::new(cidr, agent_dir.join("network"));
+            config.bridge = bridge;
+            match rudder_network::PodNetwork::new(config).and_then(|n| n.reset()) {
+                Ok(()) => network_removed = true,
+                Err(e) => eprintln!("rudder reset: pod network: {e}"),
+            }
+        }
     }
-    // The cgroups left behind by containers of earlier runs.
+    if !report.errors.is_empty() {
+        bail!("reset incomplete; {} kept", agent_dir.display());
+    }
+    // The cgroup parents the runtime made (empty once its containers went).
     if let Ok(layout) = rudder_cgroups::Layout::detect() {
-        let _ = rudder_cgroups::Cgroup::new(layout, "rudder/ctr").delete();
+        for parent in [
+            "rudder/ctr",
+            "rudder/kubepods/burstable",
+            "rudder/kubepods/besteffort",
+            "rudder/kubepods/guaranteed",
+            "rudder/kubepods",
+        ] {
+            let _ = rudder_cgroups::Cgroup::new(layout.clone(), parent).delete();
+        }
     }
     println!(
-        "removed {} container(s), unmounted {} leftover mount(s), deleted {}",
+        "removed {} container(s), unmounted {} leftover mount(s){}, deleted {}",
         report.containers_removed,
         report.unmounted,
-        data_dir.display()
+        if network_removed { ", removed the pod network" } else { "" },
+        agent_dir.display()
     );
     Ok(())
 }
