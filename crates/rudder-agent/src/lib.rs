@@ -1,1 +1,3 @@
 //! The node agent (see ARCHITECTURE.md).
+
+pub mod server;
