@@ -5,6 +5,7 @@
 
 pub mod node;
 pub mod pods;
+pub mod server;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,0 +1,411 @@
+//! `/exec/{namespace}/{pod}/{container}`: a command in a running container,
+//! its stdio carried over a WebSocket in the [`channel`] protocol; plus the
+//! `attach` and `portForward` endpoints, which this node cannot serve yet.
+//!
+//! Like the kubelet, the request is checked before the upgrade, and refusals
+//! are plain text with an HTTP code (client-go shows them as
+//! `unable to upgrade connection: <text>`). Once upgraded, the server sends
+//! an empty message on the lowest output channel, copies stdin, stdout and
+//! stderr, and ends with the command's Status on the error channel before
+//! closing the connection. If the client goes away while the command runs,
+//! the command is killed.
+
+use std::process::Stdio;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use rudder_cri::cri::{ContainerState, RuntimeService};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::channel::{self, Inbound, Protocol};
+use super::{pod_containers, query_get, query_pairs, text_error, Lookup, ServerState};
+
+/// The stream options of an exec or attach request (`remotecommand` options).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamOptions {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+    pub command: Vec<String>,
+}
+
+/// Reads the options as the kubelet does: each flag is on only when `1`
+/// (the API server sends `stdin=1`); a tty swallows stderr.
+pub fn parse_stream_options(raw: Option<&str>) -> Result<StreamOptions, String> {
+    let pairs = query_pairs(raw);
+    let flag = |key: &str| query_get(&pairs, key) == Some("1");
+    let mut options = StreamOptions {
+        stdin: flag("input") || flag("stdin"),
+        stdout: flag("output") || flag("stdout"),
+        stderr: flag("error") || flag("stderr"),
+        tty: flag("tty"),
+        command: pairs
+            .iter()
+            .filter(|(k, _)| k == "command")
+            .map(|(_, v)| v.clone())
+            .collect(),
+    };
+    if options.tty && options.stderr {
+        options.stderr = false;
+    }
+    if !options.stdin && !options.stdout && !options.stderr {
+        return Err("you must specify at least 1 of stdin, stdout, stderr".into());
+    }
+    Ok(options)
+}
+
+/// `GET|POST /exec/{namespace}/{pod}/{container}`.
+pub async fn exec(
+    State(state): State<ServerState>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    request: Request,
+) -> Response {
+    let options = match parse_stream_options(query.as_deref()) {
+        Ok(options) => options,
+        Err(message) => return text_error(StatusCode::BAD_REQUEST, message),
+    };
+    if options.tty {
+        return text_error(
+            StatusCode::BAD_REQUEST,
+            "a TTY is not supported by this node's container runtime yet: run the command without -t/--tty",
+        );
+    }
+    if options.command.is_empty() {
+        return text_error(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least one command for the container",
+        );
+    }
+    let containers = match pod_containers(&state.runtime, &namespace, &pod, &container).await {
+        Ok(containers) => containers,
+        Err(Lookup::NoPod) => return text_error(StatusCode::NOT_FOUND, "pod does not exist"),
+        Err(Lookup::Runtime(e)) => {
+            return text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    };
+    let Some(current) = containers.first() else {
+        return text_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("container not found ({container:?})"),
+        );
+    };
+    if current.state != ContainerState::ContainerRunning {
+        let state = serde_json::to_value(current.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        return text_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("container is in {state} state"),
+        );
+    }
+    let (protocol, upgrade) = match websocket(request).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let runtime = state.runtime.clone();
+    let id = current.id.clone();
+    upgrade.on_upgrade(move |socket| async move {
+        run_exec(socket, protocol, runtime, id, options).await;
+    })
+}
+
+/// `GET|POST /attach/{namespace}/{pod}/{container}`: refused with a clear
+/// error once the request is known to be well formed.
+pub async fn attach(
+    State(state): State<ServerState>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if let Err(message) = parse_stream_options(query.as_deref()) {
+        return text_error(StatusCode::BAD_REQUEST, message);
+    }
+    match pod_containers(&state.runtime, &namespace, &pod, &container).await {
+        Err(Lookup::NoPod) => text_error(StatusCode::NOT_FOUND, "pod does not exist"),
+        Err(Lookup::Runtime(e)) => text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(_) => text_error(
+            StatusCode::BAD_REQUEST,
+            "attach is not supported by this node's container runtime yet: a container's main process has no streams to attach to; use kubectl logs -f or kubectl exec",
+        ),
+    }
+}
+
+/// `GET|POST /portForward/{namespace}/{pod}`: refused with a clear error.
+pub async fn port_forward(
+    State(state): State<ServerState>,
+    Path((namespace, pod)): Path<(String, String)>,
+) -> Response {
+    let runtime = state.runtime.clone();
+    let exists = tokio::task::spawn_blocking(move || {
+        runtime
+            .list_pod_sandbox(&Default::default())
+            .map(|sandboxes| {
+                sandboxes
+                    .iter()
+                    .any(|s| s.metadata.namespace == namespace && s.metadata.name == pod)
+            })
+    })
+    .await;
+    match exists {
+        Ok(Ok(false)) => text_error(StatusCode::NOT_FOUND, "pod does not exist"),
+        Ok(Ok(true)) => text_error(
+            StatusCode::BAD_REQUEST,
+            "port forwarding is not supported by this node yet",
+        ),
+        Ok(Err(e)) => text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The WebSocket upgrade of `request`, with a channel protocol negotiated;
+/// a plain-text refusal for anything else (SPDY upgrades included).
+#[allow(clippy::result_large_err)]
+async fn websocket(request: Request) -> Result<(Protocol, WebSocketUpgrade), Response> {
+    let (mut parts, _body): (_, Body) = request.into_parts();
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
+        .await
+        .map_err(|_| {
+            text_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "this node streams over WebSocket only, with the subprotocols {}; SPDY is not supported",
+                    channel::PROTOCOLS.join(", ")
+                ),
+            )
+        })?;
+    let upgrade = upgrade.protocols(channel::PROTOCOLS);
+    let protocol = upgrade
+        .selected_protocol()
+        .and_then(|p| p.to_str().ok())
+        .and_then(Protocol::from_name)
+        .ok_or_else(|| {
+            text_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "none of the requested WebSocket subprotocols is supported: use one of {}",
+                    channel::PROTOCOLS.join(", ")
+                ),
+            )
+        })?;
+    Ok((protocol, upgrade))
+}
+
+/// Runs the command over an upgraded connection, until it exits (or the
+/// client goes away).
+async fn run_exec(
+    socket: WebSocket,
+    protocol: Protocol,
+    runtime: Arc<dyn RuntimeService>,
+    id: String,
+    options: StreamOptions,
+) {
+    let (sink, mut stream) = socket.split();
+    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(32);
+    let writer = tokio::spawn(write_messages(sink, out_rx));
+
+    // The lowest output channel gets an empty message first: the client
+    // knows the streams are set up.
+    let first = if options.stdout {
+        channel::STDOUT
+    } else if options.stderr {
+        channel::STDERR
+    } else {
+        channel::ERROR
+    };
+    let _ = out_tx.send(vec![first]).await;
+
+    let command = {
+        let (runtime, id, argv) = (runtime.clone(), id.clone(), options.command.clone());
+        tokio::task::spawn_blocking(move || runtime.exec(&id, &argv, &[])).await
+    };
+    let command = match command {
+        Ok(Ok(command)) => command,
+        Ok(Err(e)) => return finish(out_tx, writer, channel::internal_error(&e.to_string())).await,
+        Err(e) => return finish(out_tx, writer, channel::internal_error(&e.to_string())).await,
+    };
+    let mut command = tokio::process::Command::from(command);
+    // Its own process group: killing the group reaches the stage inside the
+    // container too.
+    command.process_group(0);
+    let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+    command
+        .stdin(piped(options.stdin))
+        .stdout(piped(options.stdout))
+        .stderr(piped(options.stderr))
+        .kill_on_drop(false);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => return finish(out_tx, writer, channel::internal_error(&e.to_string())).await,
+    };
+    let group = child.id();
+
+    let mut outputs = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        outputs.push(tokio::spawn(copy_output(
+            stdout,
+            channel::STDOUT,
+            out_tx.clone(),
+        )));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        outputs.push(tokio::spawn(copy_output(
+            stderr,
+            channel::STDERR,
+            out_tx.clone(),
+        )));
+    }
+    let mut stdin = child.stdin.take();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            let data = match message {
+                Message::Binary(data) => data,
+                Message::Close(_) => break,
+                // Text messages belong to the base64 protocols, not served.
+                _ => continue,
+            };
+            match channel::decode(protocol, &data) {
+                Ok(Inbound::Stdin(bytes)) => {
+                    if let Some(pipe) = stdin.as_mut() {
+                        if pipe.write_all(&bytes).await.is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
+                Ok(Inbound::CloseStdin) => stdin = None,
+                // No terminal: nothing to resize.
+                Ok(Inbound::Resize(_) | Inbound::Nothing) => {}
+                Err(e) => tracing::debug!(error = %e, "ignoring an exec client message"),
+            }
+        }
+        // The connection is closed: so is stdin.
+    });
+    let reader_abort = reader.abort_handle();
+
+    let finished = async {
+        for output in outputs {
+            let _ = output.await;
+        }
+        child.wait().await
+    };
+    tokio::pin!(finished);
+    let status = tokio::select! {
+        status = &mut finished => status,
+        _ = reader => {
+            // The client is gone before the command finished: stop it.
+            if let Some(pid) = group {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = finished.await;
+            return;
+        }
+    };
+    reader_abort.abort();
+    let status = match status {
+        Ok(status) => status,
+        Err(e) => return finish(out_tx, writer, channel::internal_error(&e.to_string())).await,
+    };
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let result = if code == 0 {
+        channel::success()
+    } else {
+        channel::non_zero_exit(&options.command, code)
+    };
+    finish(out_tx, writer, result).await;
+}
+
+/// Sends the final Status on the error channel, then closes the connection.
+async fn finish(
+    out_tx: mpsc::Sender<Vec<u8>>,
+    writer: tokio::task::JoinHandle<()>,
+    status: serde_json::Value,
+) {
+    let _ = out_tx
+        .send(channel::frame(
+            channel::ERROR,
+            status.to_string().as_bytes(),
+        ))
+        .await;
+    drop(out_tx);
+    let _ = writer.await;
+}
+
+/// Copies one output pipe to its channel.
+async fn copy_output(
+    mut pipe: impl tokio::io::AsyncRead + Unpin,
+    channel_id: u8,
+    out: mpsc::Sender<Vec<u8>>,
+) {
+    let mut buffer = vec![0u8; 32 * 1024];
+    loop {
+        match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if out
+                    .send(channel::frame(channel_id, &buffer[..n]))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Writes the queued messages, then a normal close once every sender is done.
+async fn write_messages(
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut out: mpsc::Receiver<Vec<u8>>,
+) {
+    while let Some(message) = out.recv().await {
+        if sink.send(Message::Binary(message.into())).await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.send(Message::Close(None)).await;
+    let _ = sink.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_options_follow_the_kubelet() {
+        let options = parse_stream_options(Some(
+            "command=sh&command=-c&command=echo%20hi&stdout=1&stderr=1",
+        ))
+        .unwrap();
+        assert_eq!(
+            options,
+            StreamOptions {
+                stdin: false,
+                stdout: true,
+                stderr: true,
+                tty: false,
+                command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            }
+        );
+        // Only "1" turns a stream on (the API server translates true to 1).
+        assert_eq!(
+            parse_stream_options(Some("command=ls&stdout=true")),
+            Err("you must specify at least 1 of stdin, stdout, stderr".to_string())
+        );
+        let tty = parse_stream_options(Some("command=sh&stdin=1&stdout=1&stderr=1&tty=1")).unwrap();
+        assert!(tty.tty && tty.stdin && tty.stdout && !tty.stderr);
+    }
+}

@@ -1,0 +1,188 @@
+//! The kubelet's HTTP server: the streaming endpoints the API server proxies
+//! `kubectl logs`, `exec` and `attach` to.
+//!
+//! - `GET /containerLogs/{namespace}/{pod}/{container}` ([`logs`]): the
+//!   container's CRI log, decoded, with the `PodLogOptions` query parameters.
+//! - `GET|POST /exec/{namespace}/{pod}/{container}?command=..` ([`exec`]): a
+//!   command in the container, over a WebSocket speaking the
+//!   `v5.channel.k8s.io` / `v4.channel.k8s.io` protocols ([`channel`]).
+//! - `/attach/...` and `/portForward/...` answer with a clear error: the node
+//!   runtime cannot attach to a container's main process nor forward ports
+//!   yet.
+//!
+//! Plain HTTP for now: no TLS and no authentication or authorization of the
+//! caller (the kubelet's serving certificate, client certificates and
+//! webhook authorization arrive with the security work). Bind it where only
+//! the API server can reach it.
+//!
+//! Errors follow the kubelet: plain text with an HTTP code (the API server
+//! turns a log 400 into a BadRequest Status carrying that text; client-go
+//! prints a refused upgrade as `unable to upgrade connection: <text>`).
+
+pub mod channel;
+pub mod exec;
+pub mod logs;
+
+use std::sync::Arc;
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use rudder_cri::cri::{
+    Container, ContainerFilter, PodSandboxFilter, RuntimeService, LABEL_CONTAINER_NAME,
+    LABEL_POD_NAME, LABEL_POD_NAMESPACE,
+};
+
+/// What the handlers share: the node's runtime service.
+#[derive(Clone)]
+pub struct ServerState {
+    pub runtime: Arc<dyn RuntimeService>,
+}
+
+/// Serves the kubelet's endpoints on `listener` until the task is dropped or
+/// the listener fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    runtime: Arc<rudder_cri::NodeRuntime>,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(runtime)).await?;
+    Ok(())
+}
+
+/// The kubelet's routes over any runtime service.
+pub fn router(runtime: Arc<dyn RuntimeService>) -> Router {
+    Router::new()
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(logs::container_logs),
+        )
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            get(exec::exec).post(exec::exec),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(exec::attach).post(exec::attach),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            get(exec::port_forward).post(exec::port_forward),
+        )
+        .with_state(ServerState { runtime })
+}
+
+/// A query string's pairs, decoded, in order (repeated keys kept).
+pub(crate) fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// The first value of `key`.
+pub(crate) fn query_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A boolean query parameter as Kubernetes converts query strings into
+/// options (`Convert_Slice_string_To_bool`): absent is false; `0`, `f` and
+/// `false` (any case) are false; anything else, even empty, is true.
+pub(crate) fn query_bool(pairs: &[(String, String)], key: &str) -> bool {
+    match query_get(pairs, key) {
+        None => false,
+        Some(v) => !(v == "0" || v.eq_ignore_ascii_case("f") || v.eq_ignore_ascii_case("false")),
+    }
+}
+
+/// A plain-text error, as the kubelet's log endpoint writes them.
+pub(crate) fn text_error(code: StatusCode, message: impl Into<String>) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message.into(),
+    )
+        .into_response()
+}
+
+/// Why looking a container up failed.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// No sandbox of that pod on this node.
+    NoPod,
+    /// The runtime failed.
+    Runtime(rudder_cri::CriError),
+}
+
+/// The containers named `container` of the pod, newest first (the current
+/// one, then the one it replaced, ...).
+pub(crate) async fn pod_containers(
+    runtime: &Arc<dyn RuntimeService>,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Result<Vec<Container>, Lookup> {
+    let runtime = runtime.clone();
+    let (namespace, pod, container) = (
+        namespace.to_string(),
+        pod.to_string(),
+        container.to_string(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut selector = std::collections::BTreeMap::new();
+        selector.insert(LABEL_POD_NAMESPACE.to_string(), namespace.clone());
+        selector.insert(LABEL_POD_NAME.to_string(), pod.clone());
+        let sandboxes = runtime
+            .list_pod_sandbox(&PodSandboxFilter::default())
+            .map_err(Lookup::Runtime)?;
+        let has_pod = sandboxes
+            .iter()
+            .any(|s| s.metadata.namespace == namespace && s.metadata.name == pod);
+        selector.insert(LABEL_CONTAINER_NAME.to_string(), container);
+        let mut containers = runtime
+            .list_containers(&ContainerFilter {
+                label_selector: selector,
+                ..Default::default()
+            })
+            .map_err(Lookup::Runtime)?;
+        if !has_pod && containers.is_empty() {
+            return Err(Lookup::NoPod);
+        }
+        containers.sort_by(|a, b| {
+            (b.created_at, b.metadata.attempt).cmp(&(a.created_at, a.metadata.attempt))
+        });
+        Ok(containers)
+    })
+    .await
+    .map_err(|e| {
+        Lookup::Runtime(rudder_cri::CriError::Invalid(format!(
+            "the container lookup failed: {e}"
+        )))
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_booleans_convert_as_kubernetes_does() {
+        let pairs = query_pairs(Some("a=true&b=1&c=&d=0&e=False&f=F&g=yes&cmd=x%20y&cmd=z"));
+        assert!(query_bool(&pairs, "a"));
+        assert!(query_bool(&pairs, "b"));
+        assert!(query_bool(&pairs, "c"));
+        assert!(!query_bool(&pairs, "d"));
+        assert!(!query_bool(&pairs, "e"));
+        assert!(!query_bool(&pairs, "f"));
+        assert!(query_bool(&pairs, "g"));
+        assert!(!query_bool(&pairs, "missing"));
+        let cmds: Vec<&str> = pairs
+            .iter()
+            .filter(|(k, _)| k == "cmd")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(cmds, ["x y", "z"]);
+    }
+}
