@@ -1,1 +1,4 @@
 //! The node agent (see ARCHITECTURE.md).
+
+pub mod env;
+pub mod volumes;
