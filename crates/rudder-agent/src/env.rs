@@ -857,3 +857,388 @@ pub fn container_resource_value(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volumes::testing::TestApi;
+    use serde_json::json;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn expansion_follows_kubernetes() {
+        let mapping = vars(&[("VAR_A", "A"), ("VAR_B", "B"), ("EMPTY", "")]);
+        for (input, want) in [
+            ("$(VAR_A)", "A"),
+            ("___$(VAR_B)___", "___B___"),
+            ("$(VAR_A)-$(VAR_A)", "A-A"),
+            ("$(VAR_A)$(VAR_B)", "AB"),
+            ("$(EMPTY)x", "x"),
+            ("$$(VAR_B)", "$(VAR_B)"),
+            ("$$$$", "$$"),
+            ("$$$(VAR_A)", "$A"),
+            ("$(UNKNOWN)", "$(UNKNOWN)"),
+            ("$(VAR_A", "$(VAR_A"),
+            ("$(", "$("),
+            ("$", "$"),
+            ("foo$", "foo$"),
+            ("$VAR_A", "$VAR_A"),
+            ("$é$(VAR_A)", "$éA"),
+            ("$()", "$()"),
+            ("no refs", "no refs"),
+        ] {
+            assert_eq!(expand(input, &mapping), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn names_quotes_and_maps() {
+        for good in ["A", "a_b", "_x", "-dash", ".dot", "A1"] {
+            assert!(is_env_var_name(good), "{good}");
+        }
+        for bad in ["", "1badkey", "2alsobad", "a b", "a=b", "ä"] {
+            assert!(!is_env_var_name(bad), "{bad}");
+        }
+        assert_eq!(go_quote("plain"), "\"plain\"");
+        assert_eq!(go_quote("a\"b\\c\n\t"), "\"a\\\"b\\\\c\\n\\t\"");
+        assert_eq!(go_quote("\x01é\u{a0}"), "\"\\x01é\\u00a0\"");
+        let map = BTreeMap::from([
+            ("b".to_string(), "2".to_string()),
+            ("a".to_string(), "1".to_string()),
+        ]);
+        assert_eq!(format_map(&map), "a=\"1\"\nb=\"2\"");
+        assert_eq!(format_map(&BTreeMap::new()), "");
+    }
+
+    #[test]
+    fn service_links() {
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": "my-svc.x"},
+            "spec": {"clusterIP": "10.0.0.11", "ports": [
+                {"port": 80, "name": "http"}, {"port": 53, "protocol": "UDP", "name": "dns"}]}
+        }))
+        .unwrap();
+        let vars: BTreeMap<String, String> = service_link_vars(&service).into_iter().collect();
+        let want = BTreeMap::from(
+            [
+                ("MY_SVC_X_SERVICE_HOST", "10.0.0.11"),
+                ("MY_SVC_X_SERVICE_PORT", "80"),
+                ("MY_SVC_X_SERVICE_PORT_HTTP", "80"),
+                ("MY_SVC_X_SERVICE_PORT_DNS", "53"),
+                ("MY_SVC_X_PORT", "tcp://10.0.0.11:80"),
+                ("MY_SVC_X_PORT_80_TCP", "tcp://10.0.0.11:80"),
+                ("MY_SVC_X_PORT_80_TCP_PROTO", "tcp"),
+                ("MY_SVC_X_PORT_80_TCP_PORT", "80"),
+                ("MY_SVC_X_PORT_80_TCP_ADDR", "10.0.0.11"),
+                ("MY_SVC_X_PORT_53_UDP", "udp://10.0.0.11:53"),
+                ("MY_SVC_X_PORT_53_UDP_PROTO", "udp"),
+                ("MY_SVC_X_PORT_53_UDP_PORT", "53"),
+                ("MY_SVC_X_PORT_53_UDP_ADDR", "10.0.0.11"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        assert_eq!(vars, want);
+        let headless: Service = serde_json::from_value(json!({
+            "metadata": {"name": "h"}, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        assert!(service_link_vars(&headless).is_empty());
+        let numeric: Service = serde_json::from_value(json!({
+            "metadata": {"name": "9lives"}, "spec": {"clusterIP": "10.0.0.9", "ports": [{"port": 1}]}
+        }))
+        .unwrap();
+        assert_eq!(service_link_vars(&numeric)[0].0, "_9LIVES_SERVICE_HOST");
+    }
+
+    #[test]
+    fn field_paths() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u",
+                "labels": {"app": "web"}, "annotations": {"example.com/build": "42"}},
+            "spec": {"nodeName": "n1", "serviceAccountName": "sa", "containers": []}
+        }))
+        .unwrap();
+        let field = |path: &str| ObjectFieldSelector {
+            api_version: Some("v1".into()),
+            field_path: path.into(),
+        };
+        let value = |path: &str| {
+            pod_field_value(&field(path), &pod, Some("10.42.0.5"), Some("192.168.1.2"))
+        };
+        assert_eq!(value("metadata.name").unwrap(), "p");
+        assert_eq!(value("metadata.namespace").unwrap(), "ns");
+        assert_eq!(value("metadata.uid").unwrap(), "u");
+        assert_eq!(value("metadata.labels['app']").unwrap(), "web");
+        assert_eq!(value("metadata.labels['missing']").unwrap(), "");
+        assert_eq!(
+            value("metadata.annotations['example.com/build']").unwrap(),
+            "42"
+        );
+        assert_eq!(value("metadata.labels").unwrap(), "app=\"web\"");
+        assert_eq!(value("spec.nodeName").unwrap(), "n1");
+        assert_eq!(value("spec.host").unwrap(), "n1");
+        assert_eq!(value("spec.serviceAccountName").unwrap(), "sa");
+        assert_eq!(value("status.podIP").unwrap(), "10.42.0.5");
+        assert_eq!(value("status.podIPs").unwrap(), "10.42.0.5");
+        assert_eq!(value("status.hostIP").unwrap(), "192.168.1.2");
+        assert_eq!(
+            value("spec.containers").unwrap_err().to_string(),
+            "field label not supported: spec.containers"
+        );
+        assert_eq!(
+            value("status.phase").unwrap_err().to_string(),
+            "unsupported fieldPath: status.phase"
+        );
+        assert_eq!(
+            value("metadata.name['x']").unwrap_err().to_string(),
+            "field label does not support subscript: metadata.name['x']"
+        );
+        assert!(value("metadata.labels['-bad-']").is_err());
+        let v2 = ObjectFieldSelector {
+            api_version: Some("v2".into()),
+            field_path: "metadata.name".into(),
+        };
+        assert_eq!(
+            pod_field_value(&v2, &pod, None, None)
+                .unwrap_err()
+                .to_string(),
+            "unsupported pod version: v2"
+        );
+    }
+
+    #[test]
+    fn resource_values_round_up_and_default_to_allocatable() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [
+                {"name": "c", "resources": {"limits": {"memory": "64Mi", "cpu": "250m"},
+                    "requests": {"memory": "1000", "hugepages-2Mi": "4Mi"}}},
+                {"name": "free"}],
+                "initContainers": [{"name": "init", "resources": {"limits": {"cpu": "2"}}}]}
+        }))
+        .unwrap();
+        let allocatable = NodeAllocatable {
+            cpu_millis: Some(3500),
+            memory: Some(8 << 30),
+            ephemeral_storage: Some(100 << 30),
+        };
+        let value = |container: &str, resource: &str, divisor: Option<&str>| {
+            let selector: ResourceFieldSelector = serde_json::from_value(json!({
+                "containerName": container, "resource": resource, "divisor": divisor
+            }))
+            .unwrap();
+            container_resource_value(&selector, &pod, None, &allocatable).map_err(|e| e.to_string())
+        };
+        assert_eq!(value("c", "limits.memory", None).unwrap(), "67108864");
+        assert_eq!(value("c", "limits.memory", Some("1Mi")).unwrap(), "64");
+        assert_eq!(value("c", "limits.memory", Some("1G")).unwrap(), "1");
+        assert_eq!(value("c", "limits.cpu", None).unwrap(), "1");
+        assert_eq!(value("c", "limits.cpu", Some("1m")).unwrap(), "250");
+        assert_eq!(value("c", "requests.memory", Some("1Ki")).unwrap(), "1");
+        assert_eq!(value("c", "requests.cpu", None).unwrap(), "0");
+        assert_eq!(
+            value("c", "requests.hugepages-2Mi", Some("1Mi")).unwrap(),
+            "4"
+        );
+        assert_eq!(value("free", "limits.cpu", Some("1m")).unwrap(), "3500");
+        assert_eq!(value("free", "limits.memory", Some("1Gi")).unwrap(), "8");
+        assert_eq!(
+            value("free", "limits.ephemeral-storage", Some("1Gi")).unwrap(),
+            "100"
+        );
+        assert_eq!(value("init", "limits.cpu", None).unwrap(), "2");
+        assert_eq!(
+            value("nope", "limits.cpu", None).unwrap_err(),
+            "container nope not found"
+        );
+        assert_eq!(
+            value("c", "limits.gpu", None).unwrap_err(),
+            "unsupported container resource : limits.gpu"
+        );
+    }
+
+    async fn cluster() -> TestApi {
+        let api = TestApi::start().await;
+        api.namespace("app").await;
+        let _: ConfigMap = api
+            .create(
+                "app",
+                json!({"metadata": {"name": "app-config"},
+                    "data": {"mode": "fast", "level": "3", "1badkey": "x", "dotted.key": "y"}}),
+            )
+            .await;
+        let _: Secret = api
+            .create(
+                "app",
+                json!({"metadata": {"name": "app-secret"},
+                    "stringData": {"token": "s3cret", "2alsobad": "z"}}),
+            )
+            .await;
+        let _: Service = api
+            .create(
+                "default",
+                json!({"metadata": {"name": "kubernetes"}, "spec": {"clusterIP": "10.43.0.1",
+                    "ports": [{"name": "https", "port": 443, "targetPort": 6443}]}}),
+            )
+            .await;
+        let _: Service = api
+            .create(
+                "app",
+                json!({"metadata": {"name": "db"}, "spec": {"clusterIP": "10.43.0.20",
+                    "ports": [{"port": 5432}]}}),
+            )
+            .await;
+        api
+    }
+
+    fn app_pod(enable_service_links: Option<bool>) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "config", "namespace": "app", "uid": "uid-9", "labels": {"tier": "backend"}},
+            "spec": {"nodeName": "node-1", "enableServiceLinks": enable_service_links, "containers": [{"name": "c"}]}
+        }))
+        .unwrap()
+    }
+
+    fn ctx(pod: &Pod) -> EnvContext<'_> {
+        EnvContext {
+            pod,
+            pod_ip: Some("10.42.0.7".into()),
+            host_ip: Some("192.168.1.2".into()),
+            node_allocatable_cpu_millis: 2000,
+            node_allocatable_memory: 4 << 30,
+        }
+    }
+
+    #[tokio::test]
+    async fn resolves_every_source_in_kubelet_order() {
+        let api = cluster().await;
+        let pod = app_pod(None);
+        let container: Container = serde_json::from_value(json!({
+            "name": "c",
+            "envFrom": [{"prefix": "CFG_", "configMapRef": {"name": "app-config"}},
+                        {"secretRef": {"name": "app-secret"}},
+                        {"configMapRef": {"name": "absent", "optional": true}}],
+            "env": [
+                {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": "mode"}}},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "token"}}},
+                {"name": "MY_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "MY_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "MY_MEM_LIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}},
+                {"name": "GREETING", "value": "$(MY_POD_NAME) in $(MODE) mode, $(LATER) $$(MODE)"},
+                {"name": "LATER", "value": "later"},
+                {"name": "DB", "value": "$(DB_SERVICE_HOST):$(DB_SERVICE_PORT)"},
+                {"name": "OPT", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": "nope", "optional": true}}},
+                {"name": "CFG_level", "value": "override"},
+                {"name": "EMPTY"}
+            ]
+        }))
+        .unwrap();
+        let resolved = resolve_container_env(&api.client, &ctx(&pod), &container)
+            .await
+            .unwrap();
+        let env: BTreeMap<String, String> = resolved.vars.iter().cloned().collect();
+        assert_eq!(env.len(), resolved.vars.len(), "no duplicates");
+        let get = |k: &str| env.get(k).map(String::as_str);
+        assert_eq!(get("MODE"), Some("fast"));
+        assert_eq!(get("TOKEN"), Some("s3cret"));
+        assert_eq!(get("MY_POD_NAME"), Some("config"));
+        assert_eq!(get("MY_POD_IP"), Some("10.42.0.7"));
+        // No memory limit: the node's allocatable memory.
+        assert_eq!(get("MY_MEM_LIMIT"), Some("4294967296"));
+        assert_eq!(
+            get("GREETING"),
+            Some("config in fast mode, $(LATER) $(MODE)")
+        );
+        assert_eq!(get("DB"), Some("10.43.0.20:5432"));
+        assert_eq!(get("OPT"), None);
+        assert_eq!(get("CFG_mode"), Some("fast"));
+        // env overrides envFrom.
+        assert_eq!(get("CFG_level"), Some("override"));
+        assert_eq!(get("CFG_dotted.key"), Some("y"));
+        assert_eq!(get("token"), Some("s3cret"));
+        assert_eq!(get("EMPTY"), Some(""));
+        assert_eq!(get("KUBERNETES_SERVICE_HOST"), Some("10.43.0.1"));
+        assert_eq!(get("KUBERNETES_SERVICE_PORT"), Some("443"));
+        assert_eq!(get("KUBERNETES_SERVICE_PORT_HTTPS"), Some("443"));
+        assert_eq!(get("KUBERNETES_PORT"), Some("tcp://10.43.0.1:443"));
+        assert_eq!(get("DB_PORT_5432_TCP_ADDR"), Some("10.43.0.20"));
+        // The container's own variables come first, in declaration order.
+        // (With the prefix, `1badkey` is a valid name.)
+        assert_eq!(resolved.vars[0].0, "CFG_1badkey");
+        let names: Vec<&str> = resolved.vars.iter().map(|(k, _)| k.as_str()).collect();
+        let pos = |k: &str| names.iter().position(|n| *n == k).unwrap();
+        assert!(pos("MODE") < pos("TOKEN") && pos("TOKEN") < pos("KUBERNETES_SERVICE_HOST"));
+
+        // The secret's invalid key was skipped, with the kubelet's event message.
+        assert_eq!(resolved.invalid_env_from_keys.len(), 1);
+        assert_eq!(
+            resolved.invalid_env_from_keys[0].event_message(),
+            "Keys [2alsobad] from the EnvFrom secret app/app-secret were skipped since they are considered invalid environment variable names."
+        );
+
+        // enableServiceLinks: false keeps only the master service.
+        let pod = app_pod(Some(false));
+        let env = container_env(&api.client, &ctx(&pod), &container)
+            .await
+            .unwrap();
+        assert!(env.iter().any(|(k, _)| k == "KUBERNETES_SERVICE_HOST"));
+        assert!(!env.iter().any(|(k, _)| k == "DB_SERVICE_HOST"));
+        let db = env.iter().find(|(k, _)| k == "DB").unwrap();
+        assert_eq!(db.1, "$(DB_SERVICE_HOST):$(DB_SERVICE_PORT)");
+    }
+
+    #[tokio::test]
+    async fn errors_are_worded_as_the_kubelet_words_them() {
+        let api = cluster().await;
+        let pod = app_pod(None);
+        let cases = [
+            (
+                json!({"name": "c", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "x", "key": "k"}}}]}),
+                "configmap \"x\" not found",
+            ),
+            (
+                json!({"name": "c", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": "y"}}}]}),
+                "couldn't find key y in ConfigMap app/app-config",
+            ),
+            (
+                json!({"name": "c", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}),
+                "secret \"s\" not found",
+            ),
+            (
+                json!({"name": "c", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "k"}}}]}),
+                "couldn't find key k in Secret app/app-secret",
+            ),
+            (
+                json!({"name": "c", "envFrom": [{"secretRef": {"name": "gone"}}]}),
+                "secret \"gone\" not found",
+            ),
+            (
+                json!({"name": "c", "env": [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "spec.containers"}}}]}),
+                "field label not supported: spec.containers",
+            ),
+        ];
+        for (container, want) in cases {
+            let container: Container = serde_json::from_value(container).unwrap();
+            let err = container_env(&api.client, &ctx(&pod), &container)
+                .await
+                .unwrap_err();
+            assert_eq!(err.to_string(), want);
+        }
+        // Optional references to missing objects and keys are skipped.
+        let container: Container = serde_json::from_value(json!({"name": "c", "env": [
+            {"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k", "optional": true}}},
+            {"name": "B", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "k", "optional": true}}}]}))
+        .unwrap();
+        let env = container_env(&api.client, &ctx(&pod), &container)
+            .await
+            .unwrap();
+        assert!(!env.iter().any(|(k, _)| k == "A" || k == "B"));
+    }
+}

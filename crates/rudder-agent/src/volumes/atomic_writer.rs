@@ -32,6 +32,9 @@ pub struct FileProjection {
 /// Relative path → file.
 pub type Payload = BTreeMap<String, FileProjection>;
 
+/// Applies ownership and permissions to the target directory (fsGroup).
+pub type SetPerms<'a> = &'a dyn Fn(&Path) -> io::Result<()>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AtomicWriteError {
     #[error("invalid path: {0}")]
@@ -81,7 +84,7 @@ impl AtomicWriter {
     pub fn write(
         &self,
         payload: &Payload,
-        set_perms: Option<&dyn Fn(&Path) -> io::Result<()>>,
+        set_perms: Option<SetPerms<'_>>,
     ) -> Result<WriteOutcome, AtomicWriteError> {
         let payload = validate_payload(payload)?;
         let data_dir_path = self.target_dir.join(DATA_DIR_NAME);

@@ -733,7 +733,7 @@ fn write_projection(
 ) -> Result<(), String> {
     let writer = AtomicWriter::new(dir);
     let set_perms = |target: &Path| set_volume_ownership(target, fs_group, change_policy, true);
-    let hook: Option<&dyn Fn(&Path) -> io::Result<()>> = if fs_group.is_some() {
+    let hook: Option<atomic_writer::SetPerms<'_>> = if fs_group.is_some() {
         Some(&set_perms)
     } else {
         None

@@ -112,8 +112,7 @@ pub async fn resolve(
         )));
     }
     if let Some(host) = &spec.host_path {
-        host_path::check(&host.path, host.type_.as_deref())
-            .map_err(|reason| ClaimError::Failed(reason))?;
+        host_path::check(&host.path, host.type_.as_deref()).map_err(ClaimError::Failed)?;
         return Ok(ResolvedClaim {
             pv_name,
             host_path: PathBuf::from(&host.path),

@@ -483,3 +483,62 @@ async fn container_mounts_read_only_sub_paths_and_escapes() {
     // Teardown removed the pod's volumes, not what a symlink pointed at.
     assert!(outside.is_dir());
 }
+
+#[tokio::test]
+async fn projected_volumes_merge_their_sources() {
+    if !is_root() {
+        eprintln!("skipped: projected volumes are tmpfs mounts, which need root");
+        return;
+    }
+    let api = setup_cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let manager = manager(&api, dir.path());
+    let pod = pod(json!({
+        "containers": [{"name": "c"}],
+        "volumes": [{"name": "all", "projected": {"defaultMode": 0o440, "sources": [
+            {"configMap": {"name": "app-config", "items": [{"key": "mode", "path": "cfg/mode"}]}},
+            {"secret": {"name": "app-secret", "items": [{"key": "token", "path": "sec/token", "mode": 0o400}]}},
+            {"downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+            {"secret": {"name": "absent", "optional": true}}
+        ]}}]
+    }));
+    let volumes = manager.setup(&pod).await.unwrap();
+    let all = volumes.get("all").unwrap();
+    assert_eq!(all.kind, VolumeKind::Projected);
+    assert!(all.read_only);
+    let root = &all.host_path;
+    assert!(root.ends_with("volumes/kubernetes.io~projected/all"));
+    assert_eq!(mounts::fs_type_at(root).unwrap().as_deref(), Some("tmpfs"));
+    assert_eq!(fs::read_to_string(root.join("cfg/mode")).unwrap(), "fast");
+    assert_eq!(mode_of(&root.join("cfg/mode")), 0o440);
+    assert_eq!(
+        fs::read_to_string(root.join("sec/token")).unwrap(),
+        "s3cret"
+    );
+    assert_eq!(mode_of(&root.join("sec/token")), 0o400);
+    assert_eq!(fs::read_to_string(root.join("name")).unwrap(), "p");
+    assert_eq!(
+        fs::read_link(root.join("cfg")).unwrap(),
+        Path::new("..data/cfg")
+    );
+    manager
+        .teardown(pod.metadata.uid.as_deref().unwrap())
+        .await
+        .unwrap();
+
+    // Every failing source is reported.
+    let broken = self::pod(json!({
+        "containers": [{"name": "c"}],
+        "volumes": [{"name": "all", "projected": {"sources": [
+            {"configMap": {"name": "gone"}}, {"secret": {"name": "gone-too"}}]}}]
+    }));
+    let err = manager.setup(&broken).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "MountVolume.SetUp failed for volume \"all\" : [configmap \"gone\" not found, secret \"gone-too\" not found]"
+    );
+    manager
+        .teardown(broken.metadata.uid.as_deref().unwrap())
+        .await
+        .unwrap();
+}
