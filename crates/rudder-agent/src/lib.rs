@@ -3,9 +3,11 @@
 //! runtime (`rudder-cri`) and reports their status. An API client like any
 //! other; it runs inside `rudder server` or alone as `rudder agent`.
 
+pub mod env;
 pub mod node;
 pub mod pods;
 pub mod server;
+pub mod volumes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
