@@ -60,9 +60,17 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
     if import_dir.is_dir() {
         let store = runtime.images().clone();
         let dir = import_dir.clone();
-        match tokio::task::spawn_blocking(move || store.import_directory(&dir)).await? {
-            Ok(records) => tracing::info!(images = records.len(), dir = %import_dir.display(), "imported image archives"),
-            Err(e) => tracing::warn!(error = %e, "importing image archives"),
+        for (path, result) in
+            tokio::task::spawn_blocking(move || store.import_directory(&dir)).await?
+        {
+            match result {
+                Ok(records) => {
+                    tracing::info!(images = records.len(), archive = %path.display(), "imported image archive")
+                }
+                Err(e) => {
+                    tracing::warn!(archive = %path.display(), error = %e, "importing an image archive failed")
+                }
+            }
         }
     }
 
@@ -99,7 +107,11 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         }
     };
     tracing::info!(node = %name, address = %machine.address, port = kubelet_port, "node registered");
-    tokio::spawn(node::heartbeat(client.clone(), registered.clone(), Duration::from_secs(10)));
+    tokio::spawn(node::heartbeat(
+        client.clone(),
+        registered.clone(),
+        Duration::from_secs(10),
+    ));
     {
         let client = client.clone();
         let node_config = node_config.clone();
@@ -109,7 +121,9 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 if let Ok(node) = nodes.get(&node_config.name).await {
-                    if let Err(e) = node::update_status(&client, &node_config, &machine, &node).await {
+                    if let Err(e) =
+                        node::update_status(&client, &node_config, &machine, &node).await
+                    {
                         tracing::warn!(error = %e, "updating the node status");
                     }
                 }
@@ -138,7 +152,11 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
 
 /// The node's pod network on the podCIDR the node IPAM controller gave
 /// the Node; None (pods then get no network of their own) if none comes.
-async fn pod_network(client: &Client, name: &str, config: &AgentConfig) -> Option<Arc<rudder_network::PodNetwork>> {
+async fn pod_network(
+    client: &Client,
+    name: &str,
+    config: &AgentConfig,
+) -> Option<Arc<rudder_network::PodNetwork>> {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut warned = false;
     let cidr = loop {
@@ -160,7 +178,8 @@ async fn pod_network(client: &Client, name: &str, config: &AgentConfig) -> Optio
             return None;
         }
     };
-    let mut network_config = rudder_network::NetworkConfig::new(pod_cidr, config.data_dir.join("network"));
+    let mut network_config =
+        rudder_network::NetworkConfig::new(pod_cidr, config.data_dir.join("network"));
     network_config.bridge = config.bridge.clone();
     // `rudder reset` finds the bridge and rules to remove from this record.
     let _ = std::fs::create_dir_all(config.data_dir.join("network"));
@@ -168,7 +187,8 @@ async fn pod_network(client: &Client, name: &str, config: &AgentConfig) -> Optio
         config.data_dir.join("network").join("config.json"),
         serde_json::json!({"bridge": config.bridge, "podCIDR": cidr}).to_string(),
     );
-    match rudder_network::PodNetwork::new(network_config).and_then(|n| n.ensure_node().map(|()| n)) {
+    match rudder_network::PodNetwork::new(network_config).and_then(|n| n.ensure_node().map(|()| n))
+    {
         Ok(network) => {
             tracing::info!(cidr = %cidr, bridge = %config.bridge, "pod network ready");
             Some(Arc::new(network))

@@ -47,7 +47,9 @@ pub struct Machine {
 }
 
 fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// MemTotal of /proc/meminfo, in bytes.
@@ -76,8 +78,12 @@ pub fn primary_address() -> IpAddr {
 
 impl Machine {
     pub fn probe(data_dir: &Path) -> Machine {
-        let cpus = std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1);
-        let memory_bytes = parse_meminfo_total(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default()).unwrap_or(0);
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as i64)
+            .unwrap_or(1);
+        let memory_bytes =
+            parse_meminfo_total(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default())
+                .unwrap_or(0);
         let ephemeral_storage_bytes = nix::sys::statvfs::statvfs(data_dir)
             .map(|s| s.blocks() as i64 * s.fragment_size() as i64)
             .unwrap_or(0);
@@ -91,9 +97,13 @@ impl Machine {
                 .as_ref()
                 .map(|u| u.nodename().to_string_lossy().into_owned())
                 .unwrap_or_else(|| "localhost".into()),
-            kernel: uname.map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
-            os_image: parse_os_release(&std::fs::read_to_string("/etc/os-release").unwrap_or_default())
-                .unwrap_or_else(|| "Linux".into()),
+            kernel: uname
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            os_image: parse_os_release(
+                &std::fs::read_to_string("/etc/os-release").unwrap_or_default(),
+            )
+            .unwrap_or_else(|| "Linux".into()),
             machine_id: read_trimmed("/etc/machine-id"),
             boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
         }
@@ -105,7 +115,13 @@ pub fn node_name_from_hostname(hostname: &str) -> String {
     let name: String = hostname
         .to_ascii_lowercase()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let name = name.trim_matches(|c| c == '-' || c == '.').to_string();
     if name.is_empty() {
@@ -139,11 +155,22 @@ pub fn node_object(config: &NodeConfig, machine: &Machine) -> Node {
     let mut labels = config.labels.clone();
     labels.insert("kubernetes.io/hostname".into(), config.name.clone());
     labels.insert("kubernetes.io/os".into(), "linux".into());
-    labels.insert("kubernetes.io/arch".into(), std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"));
+    labels.insert(
+        "kubernetes.io/arch".into(),
+        std::env::consts::ARCH
+            .replace("x86_64", "amd64")
+            .replace("aarch64", "arm64"),
+    );
     labels.insert("beta.kubernetes.io/os".into(), "linux".into());
-    labels.insert("beta.kubernetes.io/arch".into(), labels["kubernetes.io/arch"].clone());
+    labels.insert(
+        "beta.kubernetes.io/arch".into(),
+        labels["kubernetes.io/arch"].clone(),
+    );
     if config.control_plane {
-        labels.insert("node-role.kubernetes.io/control-plane".into(), "true".into());
+        labels.insert(
+            "node-role.kubernetes.io/control-plane".into(),
+            "true".into(),
+        );
     }
     Node {
         metadata: ObjectMeta {
@@ -162,22 +189,34 @@ pub fn node_status(config: &NodeConfig, machine: &Machine, old: &[NodeCondition]
     let mut capacity = BTreeMap::new();
     capacity.insert("cpu".to_string(), quantity(machine.cpus));
     capacity.insert("memory".to_string(), ki(machine.memory_bytes));
-    capacity.insert("ephemeral-storage".to_string(), ki(machine.ephemeral_storage_bytes));
+    capacity.insert(
+        "ephemeral-storage".to_string(),
+        ki(machine.ephemeral_storage_bytes),
+    );
     capacity.insert("pods".to_string(), quantity(config.max_pods));
     let mut allocatable = BTreeMap::new();
     allocatable.insert(
         "cpu".to_string(),
-        Quantity(format!("{}m", (machine.cpus * 1000 - config.reserved_cpu_millis).max(0))),
+        Quantity(format!(
+            "{}m",
+            (machine.cpus * 1000 - config.reserved_cpu_millis).max(0)
+        )),
     );
     allocatable.insert(
         "memory".to_string(),
         ki(machine.memory_bytes - config.reserved_memory - config.eviction_memory),
     );
     // The kubelet's nodefs.available<10% hard threshold.
-    allocatable.insert("ephemeral-storage".to_string(), ki(machine.ephemeral_storage_bytes / 10 * 9));
+    allocatable.insert(
+        "ephemeral-storage".to_string(),
+        ki(machine.ephemeral_storage_bytes / 10 * 9),
+    );
     allocatable.insert("pods".to_string(), quantity(config.max_pods));
     let keep = |c: NodeCondition| -> NodeCondition {
-        match old.iter().find(|o| o.type_ == c.type_ && o.status == c.status) {
+        match old
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+        {
             Some(o) => NodeCondition {
                 last_transition_time: o.last_transition_time.clone(),
                 ..c
@@ -186,10 +225,34 @@ pub fn node_status(config: &NodeConfig, machine: &Machine, old: &[NodeCondition]
         }
     };
     let conditions = vec![
-        keep(condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available", &now)),
-        keep(condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure", &now)),
-        keep(condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available", &now)),
-        keep(condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", &now)),
+        keep(condition(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+            &now,
+        )),
+        keep(condition(
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure",
+            &now,
+        )),
+        keep(condition(
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available",
+            &now,
+        )),
+        keep(condition(
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status",
+            &now,
+        )),
     ];
     NodeStatus {
         capacity: Some(capacity),
@@ -229,7 +292,11 @@ pub fn node_status(config: &NodeConfig, machine: &Machine, old: &[NodeCondition]
 
 /// Creates the Node, or takes over an existing one (a restarted agent),
 /// refreshing its status.
-pub async fn register(client: &Client, config: &NodeConfig, machine: &Machine) -> kube::Result<Node> {
+pub async fn register(
+    client: &Client,
+    config: &NodeConfig,
+    machine: &Machine,
+) -> kube::Result<Node> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node = node_object(config, machine);
     match nodes.create(&PostParams::default(), &node).await {
@@ -251,7 +318,12 @@ pub async fn register(client: &Client, config: &NodeConfig, machine: &Machine) -
     }
 }
 
-pub async fn update_status(client: &Client, config: &NodeConfig, machine: &Machine, node: &Node) -> kube::Result<Node> {
+pub async fn update_status(
+    client: &Client,
+    config: &NodeConfig,
+    machine: &Machine,
+    node: &Node,
+) -> kube::Result<Node> {
     let nodes: Api<Node> = Api::all(client.clone());
     let old = node
         .status
@@ -278,7 +350,10 @@ pub async fn heartbeat(client: Client, node: Node, interval: Duration) {
                 spec.holder_identity = Some(name.clone());
                 spec.lease_duration_seconds = Some(40);
                 spec.renew_time = Some(now);
-                leases.replace(&name, &PostParams::default(), &lease).await.map(|_| ())
+                leases
+                    .replace(&name, &PostParams::default(), &lease)
+                    .await
+                    .map(|_| ())
             }
             Ok(None) => {
                 let lease = Lease {
@@ -301,7 +376,10 @@ pub async fn heartbeat(client: Client, node: Node, interval: Duration) {
                         ..LeaseSpec::default()
                     }),
                 };
-                leases.create(&PostParams::default(), &lease).await.map(|_| ())
+                leases
+                    .create(&PostParams::default(), &lease)
+                    .await
+                    .map(|_| ())
             }
             Err(e) => Err(e),
         };
@@ -318,12 +396,19 @@ mod tests {
 
     #[test]
     fn machine_facts_parse() {
-        assert_eq!(parse_meminfo_total("MemTotal:       24684096 kB\nMemFree: 1 kB\n"), Some(24684096 * 1024));
         assert_eq!(
-            parse_os_release("NAME=\"Debian\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n").as_deref(),
+            parse_meminfo_total("MemTotal:       24684096 kB\nMemFree: 1 kB\n"),
+            Some(24684096 * 1024)
+        );
+        assert_eq!(
+            parse_os_release("NAME=\"Debian\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n")
+                .as_deref(),
             Some("Debian GNU/Linux 12 (bookworm)")
         );
-        assert_eq!(node_name_from_hostname("My_Host.Example"), "my-host.example");
+        assert_eq!(
+            node_name_from_hostname("My_Host.Example"),
+            "my-host.example"
+        );
     }
 
     #[test]
@@ -353,11 +438,18 @@ mod tests {
         let status = node.status.unwrap();
         assert_eq!(status.capacity.as_ref().unwrap()["cpu"].0, "2");
         assert_eq!(status.allocatable.as_ref().unwrap()["cpu"].0, "1900m");
-        assert_eq!(status.allocatable.as_ref().unwrap()["memory"].0, format!("{}Ki", (924 << 20) / 1024));
+        assert_eq!(
+            status.allocatable.as_ref().unwrap()["memory"].0,
+            format!("{}Ki", (924 << 20) / 1024)
+        );
         assert_eq!(status.allocatable.as_ref().unwrap()["pods"].0, "110");
         let labels = node.metadata.labels.unwrap();
         assert_eq!(labels["node-role.kubernetes.io/control-plane"], "true");
         assert_eq!(labels["kubernetes.io/hostname"], "n");
-        assert!(status.conditions.unwrap().iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        assert!(status
+            .conditions
+            .unwrap()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True"));
     }
 }

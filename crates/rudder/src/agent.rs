@@ -51,13 +51,17 @@ fn listen_address(port: u16) -> SocketAddr {
     }
 }
 
-pub fn config(data_dir: &Path, flags: &AgentFlags, control_plane: bool) -> anyhow::Result<rudder_agent::AgentConfig> {
+pub fn config(
+    data_dir: &Path,
+    flags: &AgentFlags,
+    control_plane: bool,
+) -> anyhow::Result<rudder_agent::AgentConfig> {
     Ok(rudder_agent::AgentConfig {
         data_dir: data_dir.to_path_buf(),
         node_name: flags.node_name.clone(),
         control_plane,
         listen: listen_address(flags.agent_port),
-        binary: std::env::current_exe().context("locating the rudder executable")?,
+        binary: crate::self_exe(),
         bridge: flags.bridge_name.clone(),
         node_ip: None,
     })
@@ -67,7 +71,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let client = match (&args.server, &args.kubeconfig) {
         (_, Some(path)) => crate::client::client_from(Some(path)).await?,
         (Some(url), None) => {
-            let config = kube::Config::new(url.parse().with_context(|| format!("invalid --server {url:?}"))?);
+            let config = kube::Config::new(
+                url.parse()
+                    .with_context(|| format!("invalid --server {url:?}"))?,
+            );
             kube::Client::try_from(config)?
         }
         (None, None) => crate::client::client_from(None).await?,

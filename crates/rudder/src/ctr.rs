@@ -147,7 +147,7 @@ async fn images(args: CtrArgs) -> anyhow::Result<()> {
             }
         }
         CtrCommand::Images(ImagesCommand::Rm { references }) => {
-            let binary = std::env::current_exe()?;
+            let binary = crate::self_exe();
             let node = rudder_cri::NodeRuntime::open(&args.data_dir, binary)?;
             for reference in references {
                 let (removed, gc) = node.remove_image(&reference)?;

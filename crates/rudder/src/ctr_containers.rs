@@ -105,7 +105,7 @@ pub struct RmArgs {
 }
 
 fn node(data_dir: &std::path::Path) -> anyhow::Result<NodeRuntime> {
-    let binary = std::env::current_exe().context("locating the rudder executable")?;
+    let binary = crate::self_exe();
     NodeRuntime::open(data_dir, binary)
         .with_context(|| format!("opening the runtime in {}", data_dir.display()))
 }
@@ -459,7 +459,8 @@ pub fn reset(data_dir: &std::path::Path) -> anyhow::Result<()> {
     let mut network_removed = false;
     if let Some(record) = network {
         let bridge = record["bridge"].as_str().unwrap_or("rudder0").to_string();
-        let cidr: Option<rudder_network::Ipv4Cidr> = record["podCIDR"].as_str().and_then(|c| c.parse().ok());
+        let cidr: Option<rudder_network::Ipv4Cidr> =
+            record["podCIDR"].as_str().and_then(|c| c.parse().ok());
         if let Some(cidr) = cidr {
             let mut config = rudder_network::NetworkConfig::new(cidr, agent_dir.join("network"));
             config.bridge = bridge;
@@ -488,7 +489,11 @@ pub fn reset(data_dir: &std::path::Path) -> anyhow::Result<()> {
         "removed {} container(s), unmounted {} leftover mount(s){}, deleted {}",
         report.containers_removed,
         report.unmounted,
-        if network_removed { ", removed the pod network" } else { "" },
+        if network_removed {
+            ", removed the pod network"
+        } else {
+            ""
+        },
         agent_dir.display()
     );
     Ok(())

@@ -48,6 +48,13 @@ enum Command {
     },
 }
 
+/// The running `rudder` executable, as the runtime's shims are started:
+/// `/proc/self/exe` names this very binary even after an upgrade replaced
+/// the file on disk (a path would then name the new one, or nothing).
+pub fn self_exe() -> std::path::PathBuf {
+    std::path::PathBuf::from("/proc/self/exe")
+}
+
 fn main() -> anyhow::Result<()> {
     // The container runtime's hidden stages (shim, init, exec) run before
     // anything else: they change namespaces and credentials, which needs a

@@ -16,21 +16,33 @@ use rudder_cri::cri::{
 /// already; this records which pod object (resourceVersion-independent).
 pub const LABEL_MANAGED: &str = "io.rudder.agent.managed";
 
-fn quantity<'a>(list: Option<&'a BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>, name: &str) -> Option<Amount> {
-    list.and_then(|l| l.get(name)).and_then(|q| Amount::parse(&q.0))
+fn quantity<'a>(
+    list: Option<&'a BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+    name: &str,
+) -> Option<Amount> {
+    list.and_then(|l| l.get(name))
+        .and_then(|q| Amount::parse(&q.0))
 }
 
 /// CPU in millicores of a container's requests or limits.
 pub fn cpu_millis(container: &Container, limits: bool) -> Option<i64> {
     let resources = container.resources.as_ref()?;
-    let list = if limits { resources.limits.as_ref() } else { resources.requests.as_ref() };
+    let list = if limits {
+        resources.limits.as_ref()
+    } else {
+        resources.requests.as_ref()
+    };
     quantity(list, "cpu").map(|a| a.milli_value() as i64)
 }
 
 /// Memory in bytes of a container's requests or limits.
 pub fn memory_bytes(container: &Container, limits: bool) -> Option<i64> {
     let resources = container.resources.as_ref()?;
-    let list = if limits { resources.limits.as_ref() } else { resources.requests.as_ref() };
+    let list = if limits {
+        resources.limits.as_ref()
+    } else {
+        resources.requests.as_ref()
+    };
     quantity(list, "memory").map(|a| a.value() as i64)
 }
 
@@ -45,7 +57,11 @@ pub fn qos_class(pod: &Pod) -> &str {
 /// The kubelet's cgroup settings for a container: shares from the CPU
 /// request (at least 2), a CFS quota from the CPU limit over 100 ms, the
 /// memory limit, and the OOM score by QoS class.
-pub fn container_resources(pod: &Pod, container: &Container, node_memory: i64) -> LinuxContainerResources {
+pub fn container_resources(
+    pod: &Pod,
+    container: &Container,
+    node_memory: i64,
+) -> LinuxContainerResources {
     let request = cpu_millis(container, false).or_else(|| cpu_millis(container, true));
     let shares = request.map(|m| (m * 1024 / 1000).max(2)).unwrap_or(2);
     let (quota, period) = match cpu_millis(container, true) {
@@ -80,7 +96,10 @@ fn name(pod: &Pod) -> String {
 }
 
 fn namespace(pod: &Pod) -> String {
-    pod.metadata.namespace.clone().unwrap_or_else(|| "default".into())
+    pod.metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into())
 }
 
 pub fn uid(pod: &Pod) -> String {
@@ -90,8 +109,14 @@ pub fn uid(pod: &Pod) -> String {
 /// The pod's hostname: spec.hostname, else its name (at most 63 characters).
 pub fn hostname(pod: &Pod) -> String {
     let spec = pod.spec.as_ref();
-    let name = spec.and_then(|s| s.hostname.clone()).unwrap_or_else(|| name(pod));
-    name.chars().take(63).collect::<String>().trim_end_matches(['-', '.']).to_string()
+    let name = spec
+        .and_then(|s| s.hostname.clone())
+        .unwrap_or_else(|| name(pod));
+    name.chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches(['-', '.'])
+        .to_string()
 }
 
 /// resolv.conf per dnsPolicy. Cluster DNS does not exist yet (it comes
@@ -111,15 +136,21 @@ pub fn dns_config(pod: &Pod) -> Option<DnsConfig> {
         _ => host_resolv_conf(),
     };
     if let Some(extra) = extra {
-        config.servers.extend(extra.nameservers.clone().unwrap_or_default());
-        config.searches.extend(extra.searches.clone().unwrap_or_default());
+        config
+            .servers
+            .extend(extra.nameservers.clone().unwrap_or_default());
+        config
+            .searches
+            .extend(extra.searches.clone().unwrap_or_default());
         for option in extra.options.clone().unwrap_or_default() {
             let name = option.name.unwrap_or_default();
             let text = match option.value {
                 Some(v) => format!("{name}:{v}"),
                 None => name,
             };
-            config.options.retain(|o| o.split(':').next() != text.split(':').next());
+            config
+                .options
+                .retain(|o| o.split(':').next() != text.split(':').next());
             config.options.push(text);
         }
     }
@@ -156,8 +187,13 @@ pub fn sandbox_config(pod: &Pod, log_directory: &str, attempt: u32) -> PodSandbo
     } else {
         NamespaceMode::Container
     };
+    // The kubelet labels every sandbox with the pod's identity, so that it
+    // finds them again (after a restart too) by listing the runtime.
     let mut labels: BTreeMap<String, String> = pod.metadata.labels.clone().unwrap_or_default();
     labels.insert(LABEL_MANAGED.into(), "true".into());
+    labels.insert(rudder_cri::cri::LABEL_POD_NAME.into(), name(pod));
+    labels.insert(rudder_cri::cri::LABEL_POD_NAMESPACE.into(), namespace(pod));
+    labels.insert(rudder_cri::cri::LABEL_POD_UID.into(), uid(pod));
     let mut sysctls = BTreeMap::new();
     if let Some(sc) = &spec.security_context {
         for s in sc.sysctls.clone().unwrap_or_default() {
@@ -181,13 +217,22 @@ pub fn sandbox_config(pod: &Pod, log_directory: &str, attempt: u32) -> PodSandbo
             cgroup_parent: String::new(),
             security_context: LinuxSandboxSecurityContext {
                 namespace_options: NamespaceOption {
-                    network: if spec.host_network == Some(true) { NamespaceMode::Node } else { NamespaceMode::Pod },
+                    network: if spec.host_network == Some(true) {
+                        NamespaceMode::Node
+                    } else {
+                        NamespaceMode::Pod
+                    },
                     pid,
-                    ipc: if spec.host_ipc == Some(true) { NamespaceMode::Node } else { NamespaceMode::Pod },
+                    ipc: if spec.host_ipc == Some(true) {
+                        NamespaceMode::Node
+                    } else {
+                        NamespaceMode::Pod
+                    },
                 },
-                privileged: spec.containers.iter().any(|c| {
-                    c.security_context.as_ref().and_then(|s| s.privileged) == Some(true)
-                }),
+                privileged: spec
+                    .containers
+                    .iter()
+                    .any(|c| c.security_context.as_ref().and_then(|s| s.privileged) == Some(true)),
             },
             sysctls,
             resources: Some(qos_resources),
@@ -222,10 +267,17 @@ pub fn container_config(
     mounts: Vec<Mount>,
     node_memory: i64,
 ) -> ContainerConfig {
-    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.clone()).unwrap_or_default();
+    let pod_sc = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.clone())
+        .unwrap_or_default();
     let sc = container.security_context.clone().unwrap_or_default();
     let capabilities = sc.capabilities.clone().unwrap_or_default();
-    let seccomp_profile = sc.seccomp_profile.clone().or(pod_sc.seccomp_profile.clone());
+    let seccomp_profile = sc
+        .seccomp_profile
+        .clone()
+        .or(pod_sc.seccomp_profile.clone());
     let seccomp = match seccomp_profile {
         Some(p) if p.type_ == "RuntimeDefault" => Seccomp::RuntimeDefault,
         Some(p) if p.type_ == "Localhost" => {
@@ -245,7 +297,10 @@ pub fn container_config(
         command: container.command.clone().unwrap_or_default(),
         args: container.args.clone().unwrap_or_default(),
         working_dir: container.working_dir.clone().unwrap_or_default(),
-        envs: envs.into_iter().map(|(key, value)| KeyValue { key, value }).collect(),
+        envs: envs
+            .into_iter()
+            .map(|(key, value)| KeyValue { key, value })
+            .collect(),
         mounts,
         labels,
         annotations: BTreeMap::new(),
@@ -281,7 +336,10 @@ pub fn etc_hosts(pod: &Pod, pod_ip: Option<&str>) -> String {
         let host = hostname(pod);
         match &spec.subdomain {
             Some(sub) if !sub.is_empty() => {
-                out += &format!("{ip}\t{host}.{sub}.{}.svc.cluster.local\t{host}\n", namespace(pod));
+                out += &format!(
+                    "{ip}\t{host}.{sub}.{}.svc.cluster.local\t{host}\n",
+                    namespace(pod)
+                );
             }
             _ => out += &format!("{ip}\t{host}\n"),
         }
@@ -290,7 +348,11 @@ pub fn etc_hosts(pod: &Pod, pod_ip: Option<&str>) -> String {
     if !aliases.is_empty() {
         out += "\n# Entries added by HostAliases.\n";
         for alias in aliases {
-            out += &format!("{}\t{}\n", alias.ip, alias.hostnames.unwrap_or_default().join("\t"));
+            out += &format!(
+                "{}\t{}\n",
+                alias.ip,
+                alias.hostnames.unwrap_or_default().join("\t")
+            );
         }
     }
     out
@@ -313,7 +375,10 @@ mod tests {
         }));
         let c = &p.spec.as_ref().unwrap().containers[0];
         let r = container_resources(&p, c, 1 << 30);
-        assert_eq!((r.cpu_quota, r.cpu_period, r.cpu_shares), (20_000, 100_000, 204));
+        assert_eq!(
+            (r.cpu_quota, r.cpu_period, r.cpu_shares),
+            (20_000, 100_000, 204)
+        );
         assert_eq!(r.memory_limit_in_bytes, 64 << 20);
         assert_eq!(r.oom_score_adj, -997);
     }

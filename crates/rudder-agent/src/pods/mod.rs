@@ -62,7 +62,6 @@ struct PodState {
     waiting: BTreeMap<String, Waiting>,
     last_status: Option<PodStatus>,
     init_failed: bool,
-    probed: Vec<String>,
 }
 
 struct Inner {
@@ -93,8 +92,14 @@ enum Next {
     Done,
 }
 
-fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> impl std::future::Future<Output = T> {
-    async move { tokio::task::spawn_blocking(f).await.expect("blocking task panicked") }
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> impl std::future::Future<Output = T> {
+    async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .expect("blocking task panicked")
+    }
 }
 
 fn nanos_now() -> i64 {
@@ -116,7 +121,9 @@ impl PodManager {
             api,
             watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name)),
         );
-        pods.add_index(UID_INDEX, |p: &Pod| vec![p.metadata.uid.clone().unwrap_or_default()]);
+        pods.add_index(UID_INDEX, |p: &Pod| {
+            vec![p.metadata.uid.clone().unwrap_or_default()]
+        });
         let volumes = crate::volumes::VolumeManager::new(config.pods_dir.clone(), client.clone());
         PodManager {
             inner: Arc::new(Inner {
@@ -144,7 +151,10 @@ impl PodManager {
         });
         self.inner.pods.start();
         self.inner.pods.wait_synced().await;
-        tracing::info!(pods = self.inner.pods.len(), "node agent: pods bound to this node listed");
+        tracing::info!(
+            pods = self.inner.pods.len(),
+            "node agent: pods bound to this node listed"
+        );
         // Pods the runtime still runs (an agent restart) are re-adopted by
         // their workers; those whose pod is gone are cleaned up.
         let mut last: HashMap<String, String> = HashMap::new();
@@ -182,17 +192,27 @@ impl PodManager {
         let runtime = self.inner.runtime.clone();
         blocking(move || {
             let mut prints: HashMap<String, String> = HashMap::new();
-            if let Ok(sandboxes) = RuntimeService::list_pod_sandbox(&*runtime, &PodSandboxFilter::default()) {
+            if let Ok(sandboxes) =
+                RuntimeService::list_pod_sandbox(&*runtime, &PodSandboxFilter::default())
+            {
                 for s in sandboxes {
                     if let Some(uid) = s.labels.get(LABEL_POD_UID) {
-                        prints.entry(uid.clone()).or_default().push_str(&format!("{}:{:?};", s.id, s.state));
+                        prints
+                            .entry(uid.clone())
+                            .or_default()
+                            .push_str(&format!("{}:{:?};", s.id, s.state));
                     }
                 }
             }
-            if let Ok(containers) = RuntimeService::list_containers(&*runtime, &ContainerFilter::default()) {
+            if let Ok(containers) =
+                RuntimeService::list_containers(&*runtime, &ContainerFilter::default())
+            {
                 for c in containers {
                     if let Some(uid) = c.labels.get(LABEL_POD_UID) {
-                        prints.entry(uid.clone()).or_default().push_str(&format!("{}:{:?};", c.id, c.state));
+                        prints
+                            .entry(uid.clone())
+                            .or_default()
+                            .push_str(&format!("{}:{:?};", c.id, c.state));
                     }
                 }
             }
@@ -217,7 +237,10 @@ impl PodManager {
             let mut next: Option<Duration> = None;
             loop {
                 let woken = match next {
-                    Some(after) => tokio::time::timeout(after, rx.recv()).await.map(|m| m.is_some()).unwrap_or(true),
+                    Some(after) => tokio::time::timeout(after, rx.recv())
+                        .await
+                        .map(|m| m.is_some())
+                        .unwrap_or(true),
                     None => rx.recv().await.is_some(),
                 };
                 if !woken {
@@ -243,7 +266,10 @@ impl PodManager {
     }
 
     /// The runtime's containers of a pod, with their statuses.
-    async fn records(&self, uid: &str) -> anyhow::Result<(Vec<rudder_cri::cri::PodSandbox>, Vec<ContainerRecord>)> {
+    async fn records(
+        &self,
+        uid: &str,
+    ) -> anyhow::Result<(Vec<rudder_cri::cri::PodSandbox>, Vec<ContainerRecord>)> {
         let runtime = self.inner.runtime.clone();
         let uid = uid.to_string();
         blocking(move || {
@@ -281,7 +307,8 @@ impl PodManager {
                 return Ok(Next::Done);
             }
             tracing::info!(pod_uid = %uid, "pod is gone from the API; stopping what runs for it");
-            self.kill_pod(uid, &sandboxes, &records, Duration::from_secs(2), None).await;
+            self.kill_pod(uid, &sandboxes, &records, Duration::from_secs(2), None)
+                .await;
             self.inner.volumes.teardown(uid).await.ok();
             return Ok(Next::Done);
         };
@@ -289,10 +316,17 @@ impl PodManager {
             return self.terminate(&pod, &sandboxes, &records).await;
         }
         let spec = pod.spec.clone().unwrap_or_default();
-        let restart_policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+        let restart_policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
 
         // A pod that completed keeps its containers (for logs) but not its sandbox.
-        let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
         let last_phase = self
             .inner
             .states
@@ -300,8 +334,13 @@ impl PodManager {
             .unwrap()
             .get(uid)
             .and_then(|s| s.last_status.as_ref().and_then(|st| st.phase.clone()));
-        if matches!(phase.as_str(), "Succeeded" | "Failed") && last_phase.as_deref() == Some(phase.as_str()) {
-            for s in sandboxes.iter().filter(|s| s.state == PodSandboxState::SandboxReady) {
+        if matches!(phase.as_str(), "Succeeded" | "Failed")
+            && last_phase.as_deref() == Some(phase.as_str())
+        {
+            for s in sandboxes
+                .iter()
+                .filter(|s| s.state == PodSandboxState::SandboxReady)
+            {
                 self.stop_sandbox(&s.id).await;
             }
             return Ok(Next::After(None));
@@ -314,16 +353,25 @@ impl PodManager {
             .max_by_key(|s| s.created_at)
             .map(|s| s.id.clone());
         let log_dir = self.log_dir(&pod);
-        let sandbox_config = config::sandbox_config(&pod, &log_dir.to_string_lossy(), sandboxes.len() as u32);
+        let sandbox_config =
+            config::sandbox_config(&pod, &log_dir.to_string_lossy(), sandboxes.len() as u32);
         if ready.is_none() {
             let finished = !records.is_empty()
                 && records.iter().all(|r| r.exited())
                 && spec.containers.iter().all(|c| {
-                    records.iter().any(|r| r.name == c.name && r.exited() && (restart_policy == "Never" || (restart_policy == "OnFailure" && r.exit_code == 0)))
+                    records.iter().any(|r| {
+                        r.name == c.name
+                            && r.exited()
+                            && (restart_policy == "Never"
+                                || (restart_policy == "OnFailure" && r.exit_code == 0))
+                    })
                 });
             if finished {
                 // Nothing will run again: no new sandbox.
-                return self.report(&pod, &records, None, false).await.map(|()| Next::After(None));
+                return self
+                    .report(&pod, &records, None, false)
+                    .await
+                    .map(|()| Next::After(None));
             }
             for old in &sandboxes {
                 self.stop_sandbox(&old.id).await;
@@ -332,7 +380,12 @@ impl PodManager {
                 let _ = blocking(move || RuntimeService::remove_pod_sandbox(&*runtime, &id)).await;
             }
             if let Err(e) = self.inner.volumes.setup(&pod).await {
-                self.inner.recorder.record(&*pod, EventType::Warning, "FailedMount", &e.to_string());
+                self.inner.recorder.record(
+                    &*pod,
+                    EventType::Warning,
+                    "FailedMount",
+                    &e.to_string(),
+                );
                 self.set_waiting_all(uid, &spec, "ContainerCreating", "");
                 self.report(&pod, &records, None, false).await?;
                 return Ok(Next::After(Some(Duration::from_secs(5))));
@@ -344,17 +397,28 @@ impl PodManager {
             let id = match id {
                 Ok(id) => id,
                 Err(e) => {
-                    self.inner.recorder.record(&*pod, EventType::Warning, "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: {e}"));
+                    self.inner.recorder.record(
+                        &*pod,
+                        EventType::Warning,
+                        "FailedCreatePodSandBox",
+                        &format!("Failed to create pod sandbox: {e}"),
+                    );
                     self.report(&pod, &records, None, false).await?;
                     return Ok(Next::After(Some(Duration::from_secs(5))));
                 }
             };
             if spec.host_network != Some(true) {
                 if let Err(e) = self.setup_network(&id).await {
-                    self.inner.recorder.record(&*pod, EventType::Warning, "FailedCreatePodSandBox", &format!("Failed to set up the pod network: {e}"));
+                    self.inner.recorder.record(
+                        &*pod,
+                        EventType::Warning,
+                        "FailedCreatePodSandBox",
+                        &format!("Failed to set up the pod network: {e}"),
+                    );
                     let runtime = self.inner.runtime.clone();
                     let sid = id.clone();
-                    let _ = blocking(move || RuntimeService::remove_pod_sandbox(&*runtime, &sid)).await;
+                    let _ =
+                        blocking(move || RuntimeService::remove_pod_sandbox(&*runtime, &sid)).await;
                     return Ok(Next::After(Some(Duration::from_secs(5))));
                 }
             }
@@ -364,9 +428,18 @@ impl PodManager {
         let pod_ip = if spec.host_network == Some(true) {
             Some(self.inner.config.host_ip.clone())
         } else {
-            self.inner.network.as_ref().and_then(|n| n.pod_ip(&sandbox_id)).map(|ip| ip.to_string())
+            self.inner
+                .network
+                .as_ref()
+                .and_then(|n| n.pod_ip(&sandbox_id))
+                .map(|ip| ip.to_string())
         };
-        let hosts_file = self.inner.config.pods_dir.join(config::uid(&pod)).join("etc-hosts");
+        let hosts_file = self
+            .inner
+            .config
+            .pods_dir
+            .join(config::uid(&pod))
+            .join("etc-hosts");
         if spec.host_network != Some(true) {
             if let Some(parent) = hosts_file.parent() {
                 std::fs::create_dir_all(parent).ok();
@@ -390,7 +463,9 @@ impl PodManager {
                 Some(l) if l.exited() => {
                     init_done = false;
                     if restart_policy == "Never" {
-                        self.state(uid).init_failed = true;
+                        if let Some(state) = self.state(uid).get_mut(uid) {
+                            state.init_failed = true;
+                        }
                         break;
                     }
                     if let Some(wait) = self.in_backoff(&pod, container, l) {
@@ -398,14 +473,36 @@ impl PodManager {
                         break;
                     }
                     let attempt = l.attempt + 1;
-                    if let Some(d) = self.start_container(&pod, container, attempt, &sandbox_id, &sandbox_config, pod_ip.as_deref(), &hosts_file).await {
+                    if let Some(d) = self
+                        .start_container(
+                            &pod,
+                            container,
+                            attempt,
+                            &sandbox_id,
+                            &sandbox_config,
+                            pod_ip.as_deref(),
+                            &hosts_file,
+                        )
+                        .await
+                    {
                         merge(d);
                     }
                     break;
                 }
                 _ => {
                     init_done = false;
-                    if let Some(d) = self.start_container(&pod, container, 0, &sandbox_id, &sandbox_config, pod_ip.as_deref(), &hosts_file).await {
+                    if let Some(d) = self
+                        .start_container(
+                            &pod,
+                            container,
+                            0,
+                            &sandbox_id,
+                            &sandbox_config,
+                            pod_ip.as_deref(),
+                            &hosts_file,
+                        )
+                        .await
+                    {
                         merge(d);
                     }
                     break;
@@ -418,19 +515,44 @@ impl PodManager {
                 let latest = latest(&records, &container.name);
                 match latest {
                     None => {
-                        if let Some(d) = self.start_container(&pod, container, 0, &sandbox_id, &sandbox_config, pod_ip.as_deref(), &hosts_file).await {
+                        if let Some(d) = self
+                            .start_container(
+                                &pod,
+                                container,
+                                0,
+                                &sandbox_id,
+                                &sandbox_config,
+                                pod_ip.as_deref(),
+                                &hosts_file,
+                            )
+                            .await
+                        {
                             merge(d);
                         }
                     }
                     Some(l) if l.running() => {
-                        let unhealthy = self.inner.probes.lock().unwrap().get(&l.id).and_then(|p| p.unhealthy.clone());
+                        let unhealthy = self
+                            .inner
+                            .probes
+                            .lock()
+                            .unwrap()
+                            .get(&l.id)
+                            .and_then(|p| p.unhealthy.clone());
                         if let Some(why) = unhealthy {
-                            self.inner.recorder.record(&*pod, EventType::Warning, "Unhealthy", &why);
+                            self.inner.recorder.record(
+                                &*pod,
+                                EventType::Warning,
+                                "Unhealthy",
+                                &why,
+                            );
                             self.inner.recorder.record(
                                 &*pod,
                                 EventType::Normal,
                                 "Killing",
-                                &format!("Container {} failed liveness probe, will be restarted", container.name),
+                                &format!(
+                                    "Container {} failed liveness probe, will be restarted",
+                                    container.name
+                                ),
                             );
                             self.inner.probes.lock().unwrap().remove(&l.id);
                             let grace = grace_period(&pod);
@@ -453,7 +575,18 @@ impl PodManager {
                             continue;
                         }
                         self.prune(&records, &container.name).await;
-                        if let Some(d) = self.start_container(&pod, container, l.attempt + 1, &sandbox_id, &sandbox_config, pod_ip.as_deref(), &hosts_file).await {
+                        if let Some(d) = self
+                            .start_container(
+                                &pod,
+                                container,
+                                l.attempt + 1,
+                                &sandbox_id,
+                                &sandbox_config,
+                                pod_ip.as_deref(),
+                                &hosts_file,
+                            )
+                            .await
+                        {
                             merge(d);
                         }
                     }
@@ -473,10 +606,20 @@ impl PodManager {
         states
     }
 
-    fn set_waiting_all(&self, uid: &str, spec: &k8s_openapi::api::core::v1::PodSpec, reason: &str, message: &str) {
+    fn set_waiting_all(
+        &self,
+        uid: &str,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        reason: &str,
+        message: &str,
+    ) {
         let mut states = self.state(uid);
         let state = states.get_mut(uid).expect("inserted");
-        for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
             state.waiting.insert(
                 c.name.clone(),
                 Waiting {
@@ -509,17 +652,28 @@ impl PodManager {
 
     /// Whether an exited container must wait before its restart (the
     /// kubelet's CrashLoopBackOff): Some(remaining) if so.
-    fn in_backoff(&self, pod: &Pod, container: &Container, last: &ContainerRecord) -> Option<Duration> {
+    fn in_backoff(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        last: &ContainerRecord,
+    ) -> Option<Duration> {
         let uid = config::uid(pod);
         let mut states = self.state(&uid);
         let state = states.get_mut(&uid).expect("inserted");
-        let backoff = state.restart_backoff.entry(container.name.clone()).or_default();
+        let backoff = state
+            .restart_backoff
+            .entry(container.name.clone())
+            .or_default();
         let ran = Duration::from_nanos((last.finished_at - last.started_at).max(0) as u64);
         if ran >= BACKOFF_RESET_AFTER {
             backoff.delay = None;
         }
-        let finished = SystemTime::UNIX_EPOCH + Duration::from_nanos(last.finished_at.max(0) as u64);
-        let since = SystemTime::now().duration_since(finished).unwrap_or_default();
+        let finished =
+            SystemTime::UNIX_EPOCH + Duration::from_nanos(last.finished_at.max(0) as u64);
+        let since = SystemTime::now()
+            .duration_since(finished)
+            .unwrap_or_default();
         match backoff.delay {
             Some(delay) if since < delay => {
                 let message = format!(
@@ -538,7 +692,16 @@ impl PodManager {
                     },
                 );
                 drop(states);
-                self.inner.recorder.record(pod, EventType::Warning, "BackOff", &format!("Back-off restarting failed container {} in pod {}", container.name, pod.metadata.name.clone().unwrap_or_default()));
+                self.inner.recorder.record(
+                    pod,
+                    EventType::Warning,
+                    "BackOff",
+                    &format!(
+                        "Back-off restarting failed container {} in pod {}",
+                        container.name,
+                        pod.metadata.name.clone().unwrap_or_default()
+                    ),
+                );
                 Some(delay - since)
             }
             current => {
@@ -554,7 +717,10 @@ impl PodManager {
     /// Keeps the newest two containers of a name (the current one and the
     /// one `kubectl logs --previous` shows); removes older ones.
     async fn prune(&self, records: &[ContainerRecord], name: &str) {
-        let mut of: Vec<&ContainerRecord> = records.iter().filter(|r| r.name == name && r.exited()).collect();
+        let mut of: Vec<&ContainerRecord> = records
+            .iter()
+            .filter(|r| r.name == name && r.exited())
+            .collect();
         of.sort_by_key(|r| std::cmp::Reverse((r.attempt, r.created_at)));
         for old in of.into_iter().skip(1) {
             let runtime = self.inner.runtime.clone();
@@ -610,31 +776,59 @@ impl PodManager {
     async fn ensure_image(&self, pod: &Pod, container: &Container) -> Result<(), Duration> {
         let image = container.image.clone().unwrap_or_default();
         let policy = container.image_pull_policy.clone().unwrap_or_else(|| {
-            let tagged = image.rsplit('/').next().is_some_and(|last| last.contains(':') && !last.ends_with(":latest"));
-            if tagged || image.contains('@') { "IfNotPresent".into() } else { "Always".into() }
+            let tagged = image
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last.contains(':') && !last.ends_with(":latest"));
+            if tagged || image.contains('@') {
+                "IfNotPresent".into()
+            } else {
+                "Always".into()
+            }
         });
         let spec = ImageSpec::new(image.clone());
-        let present = ImageService::image_status(&*self.inner.runtime, &spec).ok().flatten().is_some();
+        let present = ImageService::image_status(&*self.inner.runtime, &spec)
+            .ok()
+            .flatten()
+            .is_some();
         if policy == "Never" {
             if present {
                 return Ok(());
             }
-            self.set_waiting(pod, &container.name, "ErrImageNeverPull", &format!("Container image \"{image}\" is not present with pull policy of Never"));
+            self.set_waiting(
+                pod,
+                &container.name,
+                "ErrImageNeverPull",
+                &format!("Container image \"{image}\" is not present with pull policy of Never"),
+            );
             return Err(Duration::from_secs(10));
         }
         if present && policy == "IfNotPresent" {
             return Ok(());
         }
         let uid = config::uid(pod);
-        let backoff = self.state(&uid).get(&uid).and_then(|s| s.pull_backoff.get(&container.name).cloned());
+        let backoff = self
+            .state(&uid)
+            .get(&uid)
+            .and_then(|s| s.pull_backoff.get(&container.name).cloned());
         if let Some((delay, until)) = backoff {
             if Instant::now() < until {
-                self.set_waiting(pod, &container.name, "ImagePullBackOff", &format!("Back-off pulling image \"{image}\""));
+                self.set_waiting(
+                    pod,
+                    &container.name,
+                    "ImagePullBackOff",
+                    &format!("Back-off pulling image \"{image}\""),
+                );
                 return Err(until - Instant::now());
             }
             let _ = delay;
         }
-        self.inner.recorder.record(pod, EventType::Normal, "Pulling", &format!("Pulling image \"{image}\""));
+        self.inner.recorder.record(
+            pod,
+            EventType::Normal,
+            "Pulling",
+            &format!("Pulling image \"{image}\""),
+        );
         let started = Instant::now();
         match ImageService::pull_image(&*self.inner.runtime, &spec, None).await {
             Ok(_) => {
@@ -642,7 +836,10 @@ impl PodManager {
                     pod,
                     EventType::Normal,
                     "Pulled",
-                    &format!("Successfully pulled image \"{image}\" in {:.3}s", started.elapsed().as_secs_f64()),
+                    &format!(
+                        "Successfully pulled image \"{image}\" in {:.3}s",
+                        started.elapsed().as_secs_f64()
+                    ),
                 );
                 if let Some(state) = self.state(&uid).get_mut(&uid) {
                     state.pull_backoff.remove(&container.name);
@@ -651,7 +848,9 @@ impl PodManager {
             }
             Err(e) => {
                 let message = format!("Failed to pull image \"{image}\": {e}");
-                self.inner.recorder.record(pod, EventType::Warning, "Failed", &message);
+                self.inner
+                    .recorder
+                    .record(pod, EventType::Warning, "Failed", &message);
                 self.set_waiting(pod, &container.name, "ErrImagePull", &message);
                 let mut states = self.state(&uid);
                 let state = states.get_mut(&uid).expect("inserted");
@@ -660,7 +859,9 @@ impl PodManager {
                     .get(&container.name)
                     .map(|(d, _)| (*d * 2).min(BACKOFF_MAX))
                     .unwrap_or(BACKOFF_INITIAL);
-                state.pull_backoff.insert(container.name.clone(), (delay, Instant::now() + delay));
+                state
+                    .pull_backoff
+                    .insert(container.name.clone(), (delay, Instant::now() + delay));
                 Err(delay)
             }
         }
@@ -691,29 +892,57 @@ impl PodManager {
         let env = match crate::env::container_env(&self.inner.client, &ctx, container).await {
             Ok(env) => env,
             Err(e) => {
-                self.set_waiting(pod, &container.name, "CreateContainerConfigError", &e.to_string());
-                self.inner.recorder.record(&**pod, EventType::Warning, "Failed", &format!("Error: {e}"));
+                self.set_waiting(
+                    pod,
+                    &container.name,
+                    "CreateContainerConfigError",
+                    &e.to_string(),
+                );
+                self.inner.recorder.record(
+                    &**pod,
+                    EventType::Warning,
+                    "Failed",
+                    &format!("Error: {e}"),
+                );
                 return Some(Duration::from_secs(10));
             }
         };
         let volumes = match self.inner.volumes.setup(pod).await {
             Ok(v) => v,
             Err(e) => {
-                self.inner.recorder.record(&**pod, EventType::Warning, "FailedMount", &e.to_string());
+                self.inner.recorder.record(
+                    &**pod,
+                    EventType::Warning,
+                    "FailedMount",
+                    &e.to_string(),
+                );
                 return Some(Duration::from_secs(5));
             }
         };
-        let mut mounts: Vec<CriMount> = match self.inner.volumes.container_mounts(pod, container, &volumes) {
+        let mut mounts: Vec<CriMount> = match self
+            .inner
+            .volumes
+            .container_mounts_with_env(pod, container, &volumes, &env)
+        {
             Ok(mounts) => mounts
                 .into_iter()
                 .map(|m| CriMount {
                     container_path: m.destination().to_string_lossy().into_owned(),
-                    host_path: m.source().as_ref().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+                    host_path: m
+                        .source()
+                        .as_ref()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
                     readonly: m.options().iter().flatten().any(|o| o == "ro"),
                 })
                 .collect(),
             Err(e) => {
-                self.set_waiting(pod, &container.name, "CreateContainerConfigError", &e.to_string());
+                self.set_waiting(
+                    pod,
+                    &container.name,
+                    "CreateContainerConfigError",
+                    &e.to_string(),
+                );
                 return Some(Duration::from_secs(10));
             }
         };
@@ -724,7 +953,14 @@ impl PodManager {
                 readonly: false,
             });
         }
-        let cfg = config::container_config(pod, container, attempt, env, mounts, self.inner.config.node_memory);
+        let cfg = config::container_config(
+            pod,
+            container,
+            attempt,
+            env,
+            mounts,
+            self.inner.config.node_memory,
+        );
         let runtime = self.inner.runtime.clone();
         let sid = sandbox_id.to_string();
         let scfg = sandbox_config.clone();
@@ -738,33 +974,70 @@ impl PodManager {
         let id = match created {
             Ok((id, Ok(()))) => id,
             Ok((id, Err(e))) => {
-                self.inner.recorder.record(&**pod, EventType::Warning, "Failed", &format!("Error: {e}"));
+                self.inner.recorder.record(
+                    &**pod,
+                    EventType::Warning,
+                    "Failed",
+                    &format!("Error: {e}"),
+                );
                 tracing::info!(container = %id, error = %e, "container failed to start");
                 return Some(Duration::from_millis(100));
             }
             Err(e) => {
                 self.set_waiting(pod, &container.name, "CreateContainerError", &e.to_string());
-                self.inner.recorder.record(&**pod, EventType::Warning, "Failed", &format!("Error: {e}"));
+                self.inner.recorder.record(
+                    &**pod,
+                    EventType::Warning,
+                    "Failed",
+                    &format!("Error: {e}"),
+                );
                 return Some(Duration::from_secs(10));
             }
         };
-        self.inner.recorder.record(&**pod, EventType::Normal, "Created", &format!("Created container {}", container.name));
-        self.inner.recorder.record(&**pod, EventType::Normal, "Started", &format!("Started container {}", container.name));
+        self.inner.recorder.record(
+            &**pod,
+            EventType::Normal,
+            "Created",
+            &format!("Created container {}", container.name),
+        );
+        self.inner.recorder.record(
+            &**pod,
+            EventType::Normal,
+            "Started",
+            &format!("Started container {}", container.name),
+        );
 
-        if let Some(hook) = container.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+        if let Some(hook) = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.post_start.as_ref())
+        {
             if let Some(exec) = &hook.exec {
                 let runtime = self.inner.runtime.clone();
                 let cid = id.clone();
                 let command = exec.command.clone().unwrap_or_default();
-                let result = blocking(move || RuntimeService::exec_sync(&*runtime, &cid, &command, Duration::from_secs(30))).await;
+                let result = blocking(move || {
+                    RuntimeService::exec_sync(&*runtime, &cid, &command, Duration::from_secs(30))
+                })
+                .await;
                 let failed = match result {
                     Ok(r) if r.exit_code == 0 => None,
-                    Ok(r) => Some(format!("command exited with {}: {}", r.exit_code, String::from_utf8_lossy(&r.stderr))),
+                    Ok(r) => Some(format!(
+                        "command exited with {}: {}",
+                        r.exit_code,
+                        String::from_utf8_lossy(&r.stderr)
+                    )),
                     Err(e) => Some(e.to_string()),
                 };
                 if let Some(why) = failed {
-                    self.inner.recorder.record(&**pod, EventType::Warning, "FailedPostStartHook", &why);
-                    self.stop_container(pod, container, &id, Duration::from_secs(2)).await;
+                    self.inner.recorder.record(
+                        &**pod,
+                        EventType::Warning,
+                        "FailedPostStartHook",
+                        &why,
+                    );
+                    self.stop_container(pod, container, &id, Duration::from_secs(2))
+                        .await;
                     return Some(Duration::from_millis(100));
                 }
             }
@@ -786,17 +1059,29 @@ impl PodManager {
     /// SIGKILL once `grace` is over.
     async fn stop_container(&self, pod: &Pod, container: &Container, id: &str, grace: Duration) {
         let started = Instant::now();
-        if let Some(hook) = container.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
+        if let Some(hook) = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+        {
             if let Some(exec) = &hook.exec {
                 let runtime = self.inner.runtime.clone();
                 let cid = id.to_string();
                 let command = exec.command.clone().unwrap_or_default();
-                let result = blocking(move || RuntimeService::exec_sync(&*runtime, &cid, &command, grace)).await;
+                let result =
+                    blocking(move || RuntimeService::exec_sync(&*runtime, &cid, &command, grace))
+                        .await;
                 if let Err(e) = result {
-                    self.inner.recorder.record(pod, EventType::Warning, "FailedPreStopHook", &e.to_string());
+                    self.inner.recorder.record(
+                        pod,
+                        EventType::Warning,
+                        "FailedPreStopHook",
+                        &e.to_string(),
+                    );
                 }
             } else if let Some(sleep) = &hook.sleep {
-                tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64).min(grace)).await;
+                tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64).min(grace))
+                    .await;
             }
         }
         let remaining = grace.saturating_sub(started.elapsed());
@@ -819,16 +1104,24 @@ impl PodManager {
         for record in records.iter().filter(|r| r.running()) {
             let this = self.clone();
             let id = record.id.clone();
-            let container = pod
-                .and_then(|p| p.spec.as_ref())
-                .and_then(|s| s.containers.iter().chain(s.init_containers.iter().flatten()).find(|c| c.name == record.name).cloned());
+            let container = pod.and_then(|p| p.spec.as_ref()).and_then(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+                    .find(|c| c.name == record.name)
+                    .cloned()
+            });
             let pod = pod.cloned();
             stops.push(tokio::spawn(async move {
                 match (pod, container) {
-                    (Some(pod), Some(container)) => this.stop_container(&pod, &container, &id, grace).await,
+                    (Some(pod), Some(container)) => {
+                        this.stop_container(&pod, &container, &id, grace).await
+                    }
                     _ => {
                         let runtime = this.inner.runtime.clone();
-                        let _ = blocking(move || RuntimeService::stop_container(&*runtime, &id, grace)).await;
+                        let _ =
+                            blocking(move || RuntimeService::stop_container(&*runtime, &id, grace))
+                                .await;
                     }
                 }
             }));
@@ -867,14 +1160,23 @@ impl PodManager {
             .unwrap_or_else(|| grace_period(pod));
         if records.iter().any(|r| r.running()) {
             for record in records.iter().filter(|r| r.running()) {
-                self.inner.recorder.record(&**pod, EventType::Normal, "Killing", &format!("Stopping container {}", record.name));
+                self.inner.recorder.record(
+                    &**pod,
+                    EventType::Normal,
+                    "Killing",
+                    &format!("Stopping container {}", record.name),
+                );
             }
         }
-        self.kill_pod(&uid, sandboxes, records, grace, Some(pod)).await;
+        self.kill_pod(&uid, sandboxes, records, grace, Some(pod))
+            .await;
         self.inner.volumes.teardown(&uid).await.ok();
         let _ = std::fs::remove_dir_all(self.inner.config.pods_dir.join(&uid));
         let _ = std::fs::remove_dir_all(self.log_dir(pod));
-        let api: Api<Pod> = Api::namespaced(self.inner.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let api: Api<Pod> = Api::namespaced(
+            self.inner.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
         let params = DeleteParams {
             grace_period_seconds: Some(0),
             preconditions: Some(Preconditions {
@@ -883,7 +1185,10 @@ impl PodManager {
             }),
             ..DeleteParams::default()
         };
-        match api.delete(pod.metadata.name.as_deref().unwrap_or_default(), &params).await {
+        match api
+            .delete(pod.metadata.name.as_deref().unwrap_or_default(), &params)
+            .await
+        {
             Ok(_) => Ok(Next::Done),
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(Next::Done),
             Err(e) => Err(e.into()),
@@ -891,7 +1196,13 @@ impl PodManager {
     }
 
     /// Computes the pod's status and writes it when it changed.
-    async fn report(&self, pod: &Pod, records: &[ContainerRecord], pod_ip: Option<String>, sandbox_ready: bool) -> anyhow::Result<()> {
+    async fn report(
+        &self,
+        pod: &Pod,
+        records: &[ContainerRecord],
+        pod_ip: Option<String>,
+        sandbox_ready: bool,
+    ) -> anyhow::Result<()> {
         let uid = config::uid(pod);
         let (waiting, init_failed) = {
             let states = self.state(&uid);
@@ -925,10 +1236,17 @@ impl PodManager {
         if !status::differs(&old, &new) {
             return Ok(());
         }
-        let api: Api<Pod> = Api::namespaced(self.inner.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let api: Api<Pod> = Api::namespaced(
+            self.inner.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
         let patch = serde_json::json!({ "status": new });
         match api
-            .patch_status(pod.metadata.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(
+                pod.metadata.name.as_deref().unwrap_or_default(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
         {
             Ok(_) => {

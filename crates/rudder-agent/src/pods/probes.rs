@@ -62,7 +62,10 @@ pub async fn run_probe(
         let command = exec.command.clone().unwrap_or_default();
         let runtime = runtime.clone();
         let id = container_id.to_string();
-        let result = tokio::task::spawn_blocking(move || RuntimeService::exec_sync(&*runtime, &id, &command, timeout)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            RuntimeService::exec_sync(&*runtime, &id, &command, timeout)
+        })
+        .await;
         return match result {
             Ok(Ok(r)) if r.exit_code == 0 => Outcome::Success,
             Ok(Ok(r)) => Outcome::Failure(format!(
@@ -109,7 +112,11 @@ pub async fn run_probe(
         };
         return match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(response)) => {
-                let code: u16 = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+                let code: u16 = response
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
                 if (200..400).contains(&code) {
                     Outcome::Success
                 } else {
@@ -117,7 +124,9 @@ pub async fn run_probe(
                 }
             }
             Ok(Err(e)) => Outcome::Failure(format!("Get \"http://{host}:{port}{path}\": {e}")),
-            Err(_) => Outcome::Failure(format!("Get \"http://{host}:{port}{path}\": context deadline exceeded")),
+            Err(_) => Outcome::Failure(format!(
+                "Get \"http://{host}:{port}{path}\": context deadline exceeded"
+            )),
         };
     }
     if let Some(tcp) = &probe.tcp_socket {
@@ -126,7 +135,12 @@ pub async fn run_probe(
             Err(e) => return Outcome::Failure(e),
         };
         let host = tcp.host.clone().unwrap_or_else(|| pod_ip.to_string());
-        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port))).await {
+        return match tokio::time::timeout(
+            timeout,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        {
             Ok(Ok(_)) => Outcome::Success,
             Ok(Err(e)) => Outcome::Failure(format!("dial tcp {host}:{port}: {e}")),
             Err(_) => Outcome::Failure(format!("dial tcp {host}:{port}: i/o timeout")),
@@ -172,7 +186,10 @@ pub fn start(
         let pod_ip = pod_ip.clone();
         let wake = wake.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64)).await;
+            tokio::time::sleep(Duration::from_secs(
+                probe.initial_delay_seconds.unwrap_or(0).max(0) as u64,
+            ))
+            .await;
             let period = Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
             let success_threshold = probe.success_threshold.unwrap_or(1).max(1);
             let failure_threshold = probe.failure_threshold.unwrap_or(3).max(1);
@@ -203,7 +220,9 @@ pub fn start(
                 let mut changed = false;
                 {
                     let mut all = results.lock().unwrap();
-                    let Some(entry) = all.get_mut(&id) else { return };
+                    let Some(entry) = all.get_mut(&id) else {
+                        return;
+                    };
                     match (kind, &outcome) {
                         (Kind::Readiness, _) => {
                             let ready = if successes >= success_threshold {
@@ -223,8 +242,14 @@ pub fn start(
                             }
                             changed = true;
                         }
-                        (Kind::Liveness | Kind::Startup, Outcome::Failure(why)) if failures >= failure_threshold => {
-                            let what = if kind == Kind::Liveness { "Liveness" } else { "Startup" };
+                        (Kind::Liveness | Kind::Startup, Outcome::Failure(why))
+                            if failures >= failure_threshold =>
+                        {
+                            let what = if kind == Kind::Liveness {
+                                "Liveness"
+                            } else {
+                                "Startup"
+                            };
                             entry.unhealthy = Some(format!("{what} probe failed: {why}"));
                             changed = true;
                         }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-    ContainerStatus, Pod, PodCondition, PodIP, PodStatus, HostIP,
+    ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use rudder_cri::cri::{self, ContainerState as CriState};
@@ -81,7 +81,9 @@ pub fn time(nanos: i64) -> Option<Time> {
     if nanos <= 0 {
         return None;
     }
-    k8s_openapi::jiff::Timestamp::from_nanosecond(nanos as i128).ok().map(Time)
+    k8s_openapi::jiff::Timestamp::from_nanosecond(nanos as i128)
+        .ok()
+        .map(Time)
 }
 
 fn container_id(id: &str) -> String {
@@ -90,7 +92,12 @@ fn container_id(id: &str) -> String {
 
 fn terminated(record: &ContainerRecord) -> ContainerStateTerminated {
     let reason = if record.reason.is_empty() {
-        if record.exit_code == 0 { "Completed" } else { "Error" }.to_string()
+        if record.exit_code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        }
+        .to_string()
     } else {
         record.reason.clone()
     };
@@ -113,7 +120,10 @@ pub fn container_status(
     records: &[&ContainerRecord],
     facts: &PodFacts,
 ) -> ContainerStatus {
-    let latest = records.iter().max_by_key(|r| (r.attempt, r.created_at)).copied();
+    let latest = records
+        .iter()
+        .max_by_key(|r| (r.attempt, r.created_at))
+        .copied();
     let previous = records
         .iter()
         .filter(|r| Some(r.id.as_str()) != latest.map(|l| l.id.as_str()))
@@ -179,7 +189,13 @@ pub fn container_status(
     }
 }
 
-fn condition(kind: &str, ok: bool, reason: Option<&str>, old: &[PodCondition], now: &Time) -> PodCondition {
+fn condition(
+    kind: &str,
+    ok: bool,
+    reason: Option<&str>,
+    old: &[PodCondition],
+    now: &Time,
+) -> PodCondition {
     let status = if ok { "True" } else { "False" };
     let transition = old
         .iter()
@@ -204,18 +220,34 @@ pub fn pod_status(pod: &Pod, records: &[ContainerRecord], facts: &PodFacts) -> P
     let old_conditions = old.conditions.clone().unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let restart_policy = spec.restart_policy.as_deref().unwrap_or("Always");
-    let of = |name: &str| -> Vec<&ContainerRecord> { records.iter().filter(|r| r.name == name).collect() };
+    let of = |name: &str| -> Vec<&ContainerRecord> {
+        records.iter().filter(|r| r.name == name).collect()
+    };
 
     let init_statuses: Vec<ContainerStatus> = spec
         .init_containers
         .iter()
         .flatten()
-        .map(|c| container_status(&c.name, c.image.as_deref().unwrap_or_default(), &of(&c.name), facts))
+        .map(|c| {
+            container_status(
+                &c.name,
+                c.image.as_deref().unwrap_or_default(),
+                &of(&c.name),
+                facts,
+            )
+        })
         .collect();
     let statuses: Vec<ContainerStatus> = spec
         .containers
         .iter()
-        .map(|c| container_status(&c.name, c.image.as_deref().unwrap_or_default(), &of(&c.name), facts))
+        .map(|c| {
+            container_status(
+                &c.name,
+                c.image.as_deref().unwrap_or_default(),
+                &of(&c.name),
+                facts,
+            )
+        })
         .collect();
 
     let init_done = init_statuses.iter().all(|s| {
@@ -254,31 +286,56 @@ pub fn pod_status(pod: &Pod, records: &[ContainerRecord], facts: &PodFacts) -> P
     let containers_ready = !statuses.is_empty() && statuses.iter().all(|s| s.ready);
     let terminal = matches!(phase, "Succeeded" | "Failed");
     let mut conditions = vec![
-        condition("PodReadyToStartContainers", facts.sandbox_ready || terminal && facts.pod_ip.is_some(), None, &old_conditions, &now),
-        condition("Initialized", init_done, Some("ContainersNotInitialized"), &old_conditions, &now),
+        condition(
+            "PodReadyToStartContainers",
+            facts.sandbox_ready || terminal && facts.pod_ip.is_some(),
+            None,
+            &old_conditions,
+            &now,
+        ),
+        condition(
+            "Initialized",
+            init_done,
+            Some("ContainersNotInitialized"),
+            &old_conditions,
+            &now,
+        ),
         condition(
             "Ready",
             containers_ready && !terminal,
-            Some(if terminal { "PodCompleted" } else { "ContainersNotReady" }),
+            Some(if terminal {
+                "PodCompleted"
+            } else {
+                "ContainersNotReady"
+            }),
             &old_conditions,
             &now,
         ),
         condition(
             "ContainersReady",
             containers_ready && !terminal,
-            Some(if terminal { "PodCompleted" } else { "ContainersNotReady" }),
+            Some(if terminal {
+                "PodCompleted"
+            } else {
+                "ContainersNotReady"
+            }),
             &old_conditions,
             &now,
         ),
     ];
-    for kept in old_conditions.iter().filter(|c| c.type_ == "PodScheduled" || c.type_ == "DisruptionTarget") {
+    for kept in old_conditions
+        .iter()
+        .filter(|c| c.type_ == "PodScheduled" || c.type_ == "DisruptionTarget")
+    {
         conditions.push(kept.clone());
     }
     PodStatus {
         phase: Some(phase.into()),
         conditions: Some(conditions),
         host_ip: Some(facts.host_ip.clone()),
-        host_ips: Some(vec![HostIP { ip: facts.host_ip.clone() }]),
+        host_ips: Some(vec![HostIP {
+            ip: facts.host_ip.clone(),
+        }]),
         pod_ip: facts.pod_ip.clone(),
         pod_ips: facts.pod_ip.clone().map(|ip| vec![PodIP { ip }]),
         start_time: old.start_time.clone().or(Some(now)),
