@@ -531,6 +531,23 @@ impl PodManager {
                         }
                     }
                     Some(l) if l.running() => {
+                        // A container adopted after an agent restart gets
+                        // its probes again.
+                        let probed = self.inner.probes.lock().unwrap().contains_key(&l.id);
+                        if !probed {
+                            let this = self.clone();
+                            let uid = uid.to_string();
+                            probes::start(
+                                self.inner.runtime.clone(),
+                                self.inner.probes.clone(),
+                                l.id.clone(),
+                                container.clone(),
+                                pod_ip
+                                    .clone()
+                                    .unwrap_or_else(|| self.inner.config.host_ip.clone()),
+                                Arc::new(move || this.wake(&uid)),
+                            );
+                        }
                         let unhealthy = self
                             .inner
                             .probes
