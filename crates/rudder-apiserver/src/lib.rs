@@ -13,6 +13,7 @@ mod error;
 mod health;
 mod limitrange;
 mod managed_fields;
+mod node_proxy;
 mod object;
 mod openapi;
 mod patch;
@@ -145,8 +146,15 @@ impl ApiServer {
 
 /// Routes every API path: discovery documents and resources.
 async fn dispatch(State(server): State<ApiServer>, request: Request<Body>) -> Response {
+    let path = request.uri().path().to_owned();
+    // Pod logs, exec, attach and port-forward go to the pod's node agent,
+    // streamed or upgraded: they keep the request whole.
+    if let Ok(Some(target)) = request::parse_resource_path(server.registry(), &path) {
+        if node_proxy::handles(&target) {
+            return node_proxy::serve(&server, target, request).await;
+        }
+    }
     let (parts, body) = request.into_parts();
-    let path = parts.uri.path().to_owned();
     let result = async {
         if parts.method == axum::http::Method::GET {
             if let Some(response) = server.discovery(&path, &parts.headers) {

@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -366,7 +366,7 @@ async fn copy_output(
     }
 }
 
-/// Writes the queued messages, then a normal close once every sender is done.
+/// Writes the queued messages, then closes normally once every sender is done.
 async fn write_messages(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut out: mpsc::Receiver<Vec<u8>>,
@@ -376,7 +376,14 @@ async fn write_messages(
             return;
         }
     }
-    let _ = sink.send(Message::Close(None)).await;
+    // A normal closure with its code: client-go takes a close without a
+    // status (1005) for a broken connection.
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code: close_code::NORMAL,
+            reason: "".into(),
+        })))
+        .await;
     let _ = sink.close().await;
 }
 

@@ -1,0 +1,638 @@
+//! `kubectl logs` and `kubectl exec` end to end: the node agent's HTTP
+//! server (`rudder_agent::server`) over a real `NodeRuntime` running
+//! containers from the images `shared/acceptance/images/build.sh` serves at
+//! 127.0.0.1:5000, driven directly (HTTP, WebSocket clients) and through an
+//! in-process API server with the real kubectl. Needs root, overlayfs,
+//! namespaces and cgroups.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
+use rudder_cri::cri::*;
+use rudder_cri::{ImageService, NodeRuntime, RuntimeService};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const BUSYBOX: &str = "127.0.0.1:5000/busybox:1.35";
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+/// Runs the image build script once per test binary.
+fn images() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/acceptance/images/build.sh");
+        let script = if script.exists() {
+            script
+        } else {
+            PathBuf::from("/work/shared/acceptance/images/build.sh")
+        };
+        let output = std::process::Command::new("bash")
+            .arg(&script)
+            .output()
+            .expect("running bash");
+        assert!(
+            output.status.success(),
+            "build.sh failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    });
+}
+
+/// A node runtime over a fresh data dir with busybox pulled, and the node
+/// agent's server on a free port; what it ran is reset on drop.
+struct Node {
+    dir: tempfile::TempDir,
+    runtime: Arc<NodeRuntime>,
+    addr: SocketAddr,
+}
+
+impl Node {
+    async fn start() -> Node {
+        tokio::task::spawn_blocking(images).await.unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("rudder-stream-")
+            .tempdir()
+            .unwrap();
+        let runtime = Arc::new(
+            NodeRuntime::open(dir.path(), PathBuf::from(env!("CARGO_BIN_EXE_rudder"))).unwrap(),
+        );
+        runtime
+            .pull_image(&ImageSpec::new(BUSYBOX), None)
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(rudder_agent::server::serve(listener, runtime.clone()));
+        Node { dir, runtime, addr }
+    }
+
+    /// Starts a pod sandbox.
+    async fn pod(&self, namespace: &str, name: &str) -> (String, PodSandboxConfig) {
+        let config = PodSandboxConfig {
+            metadata: PodSandboxMetadata {
+                name: name.into(),
+                uid: rudder_cri::sandbox::random_id().unwrap(),
+                namespace: namespace.into(),
+                attempt: 0,
+            },
+            hostname: name.into(),
+            log_directory: self
+                .dir
+                .path()
+                .join("pods")
+                .join(name)
+                .to_string_lossy()
+                .into_owned(),
+            ..Default::default()
+        };
+        let runtime = self.runtime.clone();
+        let c = config.clone();
+        let id = tokio::task::spawn_blocking(move || runtime.run_pod_sandbox(&c))
+            .await
+            .unwrap()
+            .unwrap();
+        (id, config)
+    }
+
+    /// Creates and starts a container of the sandbox; returns its id.
+    async fn run(
+        &self,
+        sandbox: &(String, PodSandboxConfig),
+        name: &str,
+        attempt: u32,
+        command: &[&str],
+    ) -> String {
+        let config = ContainerConfig {
+            metadata: ContainerMetadata {
+                name: name.into(),
+                attempt,
+            },
+            image: ImageSpec::new(BUSYBOX),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}/{attempt}.log"),
+            ..Default::default()
+        };
+        let runtime = self.runtime.clone();
+        let (id, sandbox_config) = sandbox.clone();
+        tokio::task::spawn_blocking(move || {
+            let container =
+                RuntimeService::create_container(&*runtime, &id, &config, &sandbox_config).unwrap();
+            runtime.start_container(&container).unwrap();
+            container
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn wait_exited(&self, id: &str) {
+        let runtime = self.runtime.clone();
+        let id = id.to_string();
+        eventually("the container exits", move || {
+            runtime.container_status(&id).unwrap().state == ContainerState::ContainerExited
+        })
+        .await;
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.runtime.reset();
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool + Send + 'static) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, back) = tokio::task::spawn_blocking(move || (check(), check))
+            .await
+            .unwrap();
+        if ok {
+            return;
+        }
+        check = back;
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A plain HTTP GET; the status code and the whole body.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header("host", addr.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let code = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (code, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// What a finished exec session delivered.
+#[derive(Debug, Default)]
+struct Session {
+    protocol: String,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    status: Option<Value>,
+}
+
+/// Runs an exec over a WebSocket offering `protocol`: sends each of `stdin`
+/// (then, on v5, closes stdin), and reads until the server closes.
+async fn ws_exec(
+    node: &Node,
+    path: &str,
+    protocol: &str,
+    stdin: &[&[u8]],
+    close_stdin: bool,
+) -> Session {
+    let mut request = format!("ws://{}{path}", node.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    let (mut socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut session = Session {
+        protocol: response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    for data in stdin {
+        let mut message = vec![0u8];
+        message.extend_from_slice(data);
+        socket.send(Message::binary(message)).await.unwrap();
+    }
+    if close_stdin {
+        socket.send(Message::binary(vec![255u8, 0])).await.unwrap();
+    }
+    while let Some(message) = socket.next().await {
+        let data = match message.unwrap() {
+            Message::Binary(data) => data,
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let Some((&channel, payload)) = data.split_first() else {
+            continue;
+        };
+        match channel {
+            1 => session.stdout.extend_from_slice(payload),
+            2 => session.stderr.extend_from_slice(payload),
+            3 => session.status = Some(serde_json::from_slice(payload).unwrap()),
+            other => panic!("unexpected channel {other}"),
+        }
+    }
+    session
+}
+
+fn is_rfc3339_prefixed(line: &str, content: &str) -> bool {
+    match line.split_once(' ') {
+        Some((time, rest)) => time.ends_with('Z') && time.contains('T') && rest == content,
+        None => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_logs_with_the_kubelets_options() {
+    let node = Node::start().await;
+    let pod = node.pod("default", "logs").await;
+    let first = node
+        .run(&pod, "c", 0, &["sh", "-c", "echo first-run"])
+        .await;
+    node.wait_exited(&first).await;
+    node.run(
+        &pod,
+        "c",
+        1,
+        &["sh", "-c", "echo one; echo two; echo three; sleep 1000"],
+    )
+    .await;
+    let base = "/containerLogs/default/logs/c";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = get(node.addr, base).await;
+        assert_eq!(code, 200, "{body}");
+        if body == "one\ntwo\nthree\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "logs so far: {body:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        get(node.addr, &format!("{base}?tailLines=1")).await,
+        (200, "three\n".into())
+    );
+    assert_eq!(
+        get(node.addr, &format!("{base}?limitBytes=6")).await,
+        (200, "one\ntw".into())
+    );
+    let (code, stamped) = get(node.addr, &format!("{base}?timestamps=true")).await;
+    assert_eq!(code, 200);
+    let lines: Vec<&str> = stamped.lines().collect();
+    assert_eq!(lines.len(), 3, "{stamped}");
+    for (line, content) in lines.iter().zip(["one", "two", "three"]) {
+        assert!(is_rfc3339_prefixed(line, content), "{line:?}");
+    }
+    // The instance the current one replaced.
+    assert_eq!(
+        get(node.addr, &format!("{base}?previous=true")).await,
+        (200, "first-run\n".into())
+    );
+    // A time in the future leaves nothing.
+    assert_eq!(
+        get(node.addr, &format!("{base}?sinceTime=2999-01-01T00:00:00Z")).await,
+        (200, String::new())
+    );
+
+    // Follow ends when the container does, with everything it wrote.
+    let short = node.pod("default", "short").await;
+    node.run(
+        &short,
+        "f",
+        0,
+        &["sh", "-c", "echo a; sleep 1; echo b; sleep 1; echo c"],
+    )
+    .await;
+    let (code, followed) = get(node.addr, "/containerLogs/default/short/f?follow=true").await;
+    assert_eq!((code, followed.as_str()), (200, "a\nb\nc\n"));
+
+    // Refusals, as the kubelet words them.
+    let (code, text) = get(node.addr, "/containerLogs/default/nope/c").await;
+    assert_eq!((code, text.as_str()), (404, "pod \"nope\" does not exist"));
+    let (code, text) = get(node.addr, "/containerLogs/default/short/f?previous=true").await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            400,
+            "previous terminated container \"f\" in pod \"short\" not found"
+        )
+    );
+    let (code, _) = get(node.addr, &format!("{base}?tailLines=-1")).await;
+    assert_eq!(code, 422);
+    let (code, _) = get(node.addr, &format!("{base}?tailLines=x")).await;
+    assert_eq!(code, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_over_websockets_v5_and_v4() {
+    let node = Node::start().await;
+    let pod = node.pod("default", "ex").await;
+    node.run(&pod, "c", 0, &["sleep", "1000"]).await;
+    let base = "/exec/default/ex/c";
+    let script = "command=sh&command=-c&command=echo%20out%3B%20echo%20err%20%3E%262%3B%20exit%203";
+
+    // v5: stdout, stderr and the exit code in the Status.
+    let session = ws_exec(
+        &node,
+        &format!("{base}?{script}&stdout=1&stderr=1"),
+        "v5.channel.k8s.io",
+        &[],
+        false,
+    )
+    .await;
+    assert_eq!(session.protocol, "v5.channel.k8s.io");
+    assert_eq!(session.stdout, b"out\n");
+    assert_eq!(session.stderr, b"err\n");
+    let status = session.status.expect("a status on the error channel");
+    assert_eq!(status["status"], "Failure");
+    assert_eq!(status["reason"], "NonZeroExitCode");
+    assert_eq!(
+        status["details"]["causes"],
+        json!([{"reason": "ExitCode", "message": "3"}])
+    );
+
+    // v5: stdin, closed with [255, 0], reaches the command, which then ends.
+    let session = ws_exec(
+        &node,
+        &format!("{base}?command=cat&stdin=1&stdout=1&stderr=1"),
+        "v5.channel.k8s.io",
+        &[b"hello ", b"world"],
+        true,
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&session.stdout), "hello world");
+    assert_eq!(
+        session.status,
+        Some(json!({"metadata": {}, "status": "Success"}))
+    );
+
+    // v4: the same protocol without the close signal.
+    let session = ws_exec(
+        &node,
+        &format!("{base}?{script}&stdout=1&stderr=1"),
+        "v4.channel.k8s.io",
+        &[],
+        false,
+    )
+    .await;
+    assert_eq!(session.protocol, "v4.channel.k8s.io");
+    assert_eq!(
+        (session.stdout.as_slice(), session.stderr.as_slice()),
+        (&b"out\n"[..], &b"err\n"[..])
+    );
+    assert_eq!(
+        session.status.unwrap()["details"]["causes"][0]["message"],
+        "3"
+    );
+    let session = ws_exec(
+        &node,
+        &format!("{base}?command=head&command=-c&command=5&stdin=1&stdout=1"),
+        "v4.channel.k8s.io",
+        &[b"abcdefgh"],
+        false,
+    )
+    .await;
+    assert_eq!(session.stdout, b"abcde");
+    assert_eq!(session.status.unwrap()["status"], "Success");
+
+    // Refused before the upgrade: a TTY, an unknown pod, attach, SPDY.
+    for (path, code, text) in [
+        (
+            format!("{base}?command=sh&stdin=1&stdout=1&tty=1"),
+            400,
+            "a TTY is not supported",
+        ),
+        (
+            "/exec/default/nope/c?command=sh&stdout=1".to_string(),
+            404,
+            "pod does not exist",
+        ),
+        (
+            "/attach/default/ex/c?stdout=1".to_string(),
+            400,
+            "attach is not supported",
+        ),
+        (
+            format!("{base}?command=true&stdout=1"),
+            400,
+            "SPDY is not supported",
+        ),
+    ] {
+        let (got, body) = get(node.addr, &path).await;
+        assert_eq!(got, code, "{path}: {body}");
+        assert!(body.contains(text), "{path}: {body}");
+    }
+}
+
+/// Runs kubectl against `server`; its exit code, stdout and stderr.
+async fn kubectl(
+    server: SocketAddr,
+    home: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (i32, String, String) {
+    let mut command = tokio::process::Command::new(KUBECTL);
+    command
+        .arg(format!("--server=http://{server}"))
+        .args(args)
+        .env("HOME", home)
+        .env("KUBECONFIG", home.join("none"))
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("running kubectl");
+    if let Some(input) = stdin {
+        use tokio::io::AsyncWriteExt;
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input.as_bytes()).await.unwrap();
+        drop(pipe);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("kubectl finished")
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_and_exec_through_the_api_server() {
+    if !Path::new(KUBECTL).exists() {
+        panic!("{KUBECTL} is needed for this test");
+    }
+    let node = Node::start().await;
+
+    // An API server in process, with a Node pointing at the agent.
+    let dir = tempfile::tempdir().unwrap();
+    let store = rudder_store::SqliteStore::open(rudder_store::SqliteConfig::new(
+        dir.path().join("state.db"),
+    ))
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_addr = listener.local_addr().unwrap();
+    let server = rudder_apiserver::ApiServer::new(Arc::new(store), api_addr.to_string());
+    server.bootstrap().await.unwrap();
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    let client = kube::Client::try_from(kube::Config::new(
+        format!("http://{api_addr}").parse().unwrap(),
+    ))
+    .unwrap();
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), "default");
+    let pp = kube::api::PostParams::default();
+    nodes
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": "node-a"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    nodes
+        .patch_status(
+            "node-a",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": "127.0.0.1"},
+                    {"type": "Hostname", "address": "node-a"},
+                ],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": node.addr.port()}},
+            }})),
+        )
+        .await
+        .unwrap();
+    let pod_object = |name: &str,
+                      containers: &[&str],
+                      node_name: Option<&str>|
+     -> k8s_openapi::api::core::v1::Pod {
+        let containers: Vec<Value> = containers
+            .iter()
+            .map(|c| json!({"name": c, "image": BUSYBOX}))
+            .collect();
+        let mut spec = json!({"containers": containers});
+        if let Some(n) = node_name {
+            spec["nodeName"] = json!(n);
+        }
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+    };
+    for (name, containers, node_name) in [
+        ("web", &["c"][..], Some("node-a")),
+        ("short", &["f"][..], Some("node-a")),
+        ("two", &["a", "b"][..], Some("node-a")),
+        ("pending", &["c"][..], None),
+    ] {
+        pods.create(&pp, &pod_object(name, containers, node_name))
+            .await
+            .unwrap();
+    }
+
+    // What the node runs for them.
+    let web = node.pod("default", "web").await;
+    node.run(
+        &web,
+        "c",
+        0,
+        &["sh", "-c", "echo hello from web; sleep 1000"],
+    )
+    .await;
+    let short = node.pod("default", "short").await;
+    node.run(
+        &short,
+        "f",
+        0,
+        &["sh", "-c", "echo a; sleep 1; echo b; sleep 1; echo c"],
+    )
+    .await;
+
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out, err) = kubectl(api_addr, home, &["logs", "web"], None).await;
+        if code == 0 && out == "hello from web\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kubectl logs web: {code} {out:?} {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // -f streams until the container ends.
+    let (code, out, err) = kubectl(api_addr, home, &["logs", "-f", "short"], None).await;
+    assert_eq!((code, out.as_str()), (0, "a\nb\nc\n"), "{err}");
+    let (code, out, _) = kubectl(api_addr, home, &["logs", "--tail=1", "short"], None).await;
+    assert_eq!((code, out.as_str()), (0, "c\n"));
+
+    // kube-apiserver's refusals.
+    for (args, message) in [
+        (
+            // kubectl picks a container itself; the server's answer shows with --raw.
+            &["get", "--raw", "/api/v1/namespaces/default/pods/two/log"][..],
+            "Error from server (BadRequest): a container name must be specified for pod two, choose one of: [a b]",
+        ),
+        (
+            &[
+                "get",
+                "--raw",
+                "/api/v1/namespaces/default/pods/web/log?container=nope",
+            ][..],
+            "Error from server (BadRequest): container nope is not valid for pod web",
+        ),
+        (
+            &["logs", "missing"][..],
+            "pods \"missing\" not found",
+        ),
+        (
+            &["exec", "pending", "--", "true"][..],
+            "pod pending does not have a host assigned",
+        ),
+    ] {
+        let (code, _, err) = kubectl(api_addr, home, args, None).await;
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+
+    // exec: output, exit code, stdin.
+    let (code, out, err) = kubectl(
+        api_addr,
+        home,
+        &[
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (3, "out\n"), "{err}");
+    assert!(err.contains("err\n"), "{err}");
+    assert!(err.contains("command terminated with exit code 3"), "{err}");
+    let (code, out, err) = kubectl(api_addr, home, &["exec", "web", "--", "hostname"], None).await;
+    assert_eq!((code, out.as_str()), (0, "web\n"), "{err}");
+    let (code, out, err) = kubectl(
+        api_addr,
+        home,
+        &["exec", "-i", "web", "--", "sh", "-c", "tr a-z A-Z"],
+        Some("piped through stdin\n"),
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "PIPED THROUGH STDIN\n"), "{err}");
+}
