@@ -16,8 +16,8 @@ use rudder_cri::cri::{
 /// already; this records which pod object (resourceVersion-independent).
 pub const LABEL_MANAGED: &str = "io.rudder.agent.managed";
 
-fn quantity<'a>(
-    list: Option<&'a BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+fn quantity(
+    list: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
     name: &str,
 ) -> Option<Amount> {
     list.and_then(|l| l.get(name))

@@ -92,14 +92,10 @@ enum Next {
     Done,
 }
 
-fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> impl std::future::Future<Output = T> {
-    async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .expect("blocking task panicked")
-    }
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking task panicked")
 }
 
 fn nanos_now() -> i64 {
