@@ -211,8 +211,15 @@ fn run(bundle: &Path) -> Result<std::convert::Infallible> {
         set_rlimit(rlimit)?;
     }
     if let Some(adj) = process.oom_score_adj() {
-        fs::write("/proc/self/oom_score_adj", adj.to_string())
-            .context(|| format!("setting oom_score_adj {adj}"))?;
+        match fs::write("/proc/self/oom_score_adj", adj.to_string()) {
+            Ok(()) => {}
+            // Lowering the score needs CAP_SYS_RESOURCE, which some hosts
+            // (nested containers, sandboxed VMs) withhold even from root:
+            // the container then keeps the score it inherited, as it
+            // would under a kubelet that could not protect it either.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+            Err(e) => return Err(e).context(|| format!("setting oom_score_adj {adj}")),
+        }
     }
 
     let env: Vec<String> = process.env().clone().unwrap_or_default();

@@ -481,6 +481,7 @@ pub fn reset(data_dir: &std::path::Path) -> anyhow::Result<()> {
             "rudder/kubepods/besteffort",
             "rudder/kubepods/guaranteed",
             "rudder/kubepods",
+            "rudder",
         ] {
             let _ = rudder_cgroups::Cgroup::new(layout.clone(), parent).delete();
         }
