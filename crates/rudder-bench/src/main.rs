@@ -3,6 +3,7 @@
 
 mod api;
 mod controllers;
+mod pods;
 mod runtime;
 mod scheduler;
 mod server;
@@ -28,6 +29,9 @@ enum Command {
     /// The controller manager: Deployments created to Running, then a
     /// rolling update of them all, on simulated nodes.
     Controllers(controllers::ControllersArgs),
+    /// Pod startup on one real node (server + agent): time to Ready and the
+    /// agent's memory, then density.
+    Pods(pods::PodsArgs),
     /// The container runtime: create, start, wait, delete of /bin/true,
     /// against crun and runc on the same bundle.
     Runtime(runtime::RuntimeArgs),
@@ -49,6 +53,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Runtime(_) => unreachable!("handled before the async runtime starts"),
         Command::Store(args) => store::run(args).await,
+        Command::Pods(args) => pods::run(args).await,
         Command::Api(args) => api::run(args).await,
         Command::Scheduler(args) => scheduler::run(args).await,
         Command::Controllers(args) => controllers::run(args).await,
