@@ -299,7 +299,22 @@ where
     /// writers that want to see their own writes before the watch does).
     pub fn apply(&self, obj: Arc<K>) {
         let key = key_of(&*obj);
-        let old = self.inner.state.write().unwrap().insert(key, obj.clone());
+        let old = {
+            let mut state = self.inner.state.write().unwrap();
+            // A writer may have fed in its own newer write before the watch
+            // delivers an older event of the same object: keep the newer.
+            // (Rudder's resource versions are store revisions; opaque
+            // ones that do not parse are never compared.)
+            if let Some(current) = state.objects.get(&key) {
+                let version = |o: &K| o.resource_version().and_then(|v| v.parse::<u64>().ok());
+                if let (Some(have), Some(got)) = (version(current), version(&obj)) {
+                    if got < have {
+                        return;
+                    }
+                }
+            }
+            state.insert(key, obj.clone())
+        };
         let change = match old {
             Some(old) => {
                 if old.resource_version() == obj.resource_version()

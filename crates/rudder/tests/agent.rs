@@ -13,14 +13,22 @@ const BUSYBOX: &str = "127.0.0.1:5000/busybox:1.35";
 const WEB: &str = "127.0.0.1:5000/web:1.0";
 
 fn images() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/acceptance/images/build.sh");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/acceptance/images/build.sh");
     let script = if script.exists() {
         script
     } else {
         PathBuf::from("/work/shared/acceptance/images/build.sh")
     };
-    let output = Command::new("bash").arg(&script).output().expect("running bash");
-    assert!(output.status.success(), "build.sh: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("running bash");
+    assert!(
+        output.status.success(),
+        "build.sh: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 struct Cluster {
@@ -42,9 +50,15 @@ const NODE_FLAGS: [&str; 6] = [
 impl Cluster {
     fn start() -> Cluster {
         images();
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let mut cluster = Cluster {
-            dir: tempfile::Builder::new().prefix("rudder-agent-").tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("rudder-agent-")
+                .tempdir()
+                .unwrap(),
             addr,
             server: None,
         };
@@ -71,14 +85,19 @@ impl Cluster {
             .unwrap();
         self.server = Some(child);
         eventually(self, "the node to be Ready", 60, |c| {
-            c.kubectl(&["get", "nodes", "--no-headers"]).1.contains(" Ready ")
+            c.kubectl(&["get", "nodes", "--no-headers"])
+                .1
+                .contains(" Ready ")
         });
     }
 
     /// SIGTERM, as a service manager stops it.
     fn stop(&mut self) {
         if let Some(mut child) = self.server.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let _ = child.wait();
         }
     }
@@ -96,7 +115,11 @@ impl Cluster {
 
     fn ok(&self, args: &[&str]) -> String {
         let (ok, out) = self.kubectl(args);
-        assert!(ok, "kubectl {args:?}: {out}\nserver log tail: {}", self.log_tail());
+        assert!(
+            ok,
+            "kubectl {args:?}: {out}\nserver log tail: {}",
+            self.log_tail()
+        );
         out
     }
 
@@ -108,12 +131,18 @@ impl Cluster {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(yaml.as_bytes())
+            .unwrap();
         assert!(child.wait().unwrap().success());
     }
 
     fn jsonpath(&self, pod: &str, path: &str) -> String {
-        self.kubectl(&["get", "pod", pod, "-o", &format!("jsonpath={path}")]).1
+        self.kubectl(&["get", "pod", pod, "-o", &format!("jsonpath={path}")])
+            .1
     }
 
     fn log_tail(&self) -> String {
@@ -133,7 +162,12 @@ impl Drop for Cluster {
     }
 }
 
-fn eventually(cluster: &Cluster, what: &str, seconds: u64, mut check: impl FnMut(&Cluster) -> bool) {
+fn eventually(
+    cluster: &Cluster,
+    what: &str,
+    seconds: u64,
+    mut check: impl FnMut(&Cluster) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while !check(cluster) {
         assert!(
@@ -152,16 +186,25 @@ fn http_get(ip: &str, port: u16, path: &str) -> Option<String> {
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
 }
 
 #[test]
 fn a_single_node_cluster_runs_pods_for_real() {
     let mut cluster = Cluster::start();
     let node = cluster.ok(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]);
-    assert!(cluster.ok(&["-n", "kube-node-lease", "get", "lease", &node]).contains(&node));
+    assert!(cluster
+        .ok(&["-n", "kube-node-lease", "get", "lease", &node])
+        .contains(&node));
 
-    cluster.ok(&["create", "configmap", "settings", "--from-literal=mode=fast"]);
+    cluster.ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=mode=fast",
+    ]);
     cluster.apply(&format!(
         r#"
 apiVersion: v1
@@ -214,14 +257,37 @@ spec:
         c.jsonpath("web", "{.status.conditions[?(@.type==\"Ready\")].status}") == "True"
     });
     assert_eq!(
-        cluster.jsonpath("web", "{.status.initContainerStatuses[0].state.terminated.reason}"),
+        cluster.jsonpath(
+            "web",
+            "{.status.initContainerStatuses[0].state.terminated.reason}"
+        ),
         "Completed"
     );
     let ip = cluster.jsonpath("web", "{.status.podIP}");
     assert!(ip.starts_with("10.78."), "pod IP {ip}");
-    assert_eq!(http_get(&ip, 8080, "/index.html").as_deref(), Some("from-init\n"));
-    assert_eq!(cluster.ok(&["exec", "web", "-c", "httpd", "--", "hostname"]).trim(), "web");
-    assert_eq!(cluster.ok(&["exec", "web", "-c", "httpd", "--", "sh", "-c", "echo $MODE; cat /etc/cfg/mode"]), "fast\nfast");
+    assert_eq!(
+        http_get(&ip, 8080, "/index.html").as_deref(),
+        Some("from-init\n")
+    );
+    assert_eq!(
+        cluster
+            .ok(&["exec", "web", "-c", "httpd", "--", "hostname"])
+            .trim(),
+        "web"
+    );
+    assert_eq!(
+        cluster.ok(&[
+            "exec",
+            "web",
+            "-c",
+            "httpd",
+            "--",
+            "sh",
+            "-c",
+            "echo $MODE; cat /etc/cfg/mode"
+        ]),
+        "fast\nfast"
+    );
     let (ok, out) = cluster.kubectl(&["exec", "web", "-c", "httpd", "--", "sh", "-c", "exit 4"]);
     assert!(!ok && out.contains("exit code 4"), "{out}");
 
@@ -231,20 +297,39 @@ spec:
             .unwrap_or(0)
             >= 1
     });
-    assert!(cluster.ok(&["logs", "crash", "--previous"]).contains("attempt"));
-    eventually(&cluster, "done to fail", 60, |c| c.jsonpath("done", "{.status.phase}") == "Failed");
-    assert_eq!(cluster.jsonpath("done", "{.status.containerStatuses[0].state.terminated.exitCode}"), "7");
+    assert!(cluster
+        .ok(&["logs", "crash", "--previous"])
+        .contains("attempt"));
+    eventually(&cluster, "done to fail", 60, |c| {
+        c.jsonpath("done", "{.status.phase}") == "Failed"
+    });
+    assert_eq!(
+        cluster.jsonpath(
+            "done",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "7"
+    );
 
     // The agent restarts; the containers do not.
     let container_id = cluster.jsonpath("web", "{.status.containerStatuses[0].containerID}");
     cluster.stop();
-    assert!(http_get(&ip, 8080, "/index.html").is_some(), "the pod serves while the agent is down");
+    assert!(
+        http_get(&ip, 8080, "/index.html").is_some(),
+        "the pod serves while the agent is down"
+    );
     cluster.launch();
     eventually(&cluster, "web Ready again", 60, |c| {
         c.jsonpath("web", "{.status.conditions[?(@.type==\"Ready\")].status}") == "True"
     });
-    assert_eq!(cluster.jsonpath("web", "{.status.containerStatuses[0].containerID}"), container_id);
-    assert_eq!(cluster.jsonpath("web", "{.status.containerStatuses[0].restartCount}"), "0");
+    assert_eq!(
+        cluster.jsonpath("web", "{.status.containerStatuses[0].containerID}"),
+        container_id
+    );
+    assert_eq!(
+        cluster.jsonpath("web", "{.status.containerStatuses[0].restartCount}"),
+        "0"
+    );
 
     // Deleting stops the containers and removes the pod object.
     cluster.ok(&["delete", "pod", "web", "crash", "done", "--timeout=60s"]);
@@ -259,7 +344,11 @@ spec:
         .arg(&data_dir)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(!data_dir.join("agent").exists());
     let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&links.stdout).contains("rdtagent0"));
