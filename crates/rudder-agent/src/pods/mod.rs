@@ -98,13 +98,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("blocking task panicked")
 }
 
-fn nanos_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 impl PodManager {
     pub fn new(
         client: Client,
@@ -1289,9 +1282,4 @@ fn grace_period(pod: &Pod) -> Duration {
             .unwrap_or(30)
             .max(0) as u64,
     )
-}
-
-#[allow(dead_code)]
-fn unix_nanos() -> i64 {
-    nanos_now()
 }
