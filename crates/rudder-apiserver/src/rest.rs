@@ -1544,15 +1544,37 @@ fn render_raw_list(
         .into_response()
 }
 
+/// How much of an oversized body is read and discarded before the 413 is
+/// sent: a client still writing its body when the server closes gets a
+/// broken pipe instead of the answer (Go's server likewise drains a
+/// little before closing).
+const MAX_DRAIN_BYTES: usize = 64 * 1024 * 1024;
+
 /// Reads a request body up to the limit; 413 beyond it.
 pub async fn read_body(body: Body) -> ApiResult<bytes::Bytes> {
-    axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::RequestEntityTooLarge(format!(
-                "the request body is too large: the limit is {MAX_BODY_BYTES} bytes"
-            ))
-        })
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut data = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::BadRequest(format!("reading the request body failed: {e}")))?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        total += chunk.len();
+        if total <= MAX_BODY_BYTES {
+            data.extend_from_slice(&chunk);
+        } else if total > MAX_BODY_BYTES + MAX_DRAIN_BYTES {
+            break;
+        }
+    }
+    if total > MAX_BODY_BYTES {
+        return Err(ApiError::RequestEntityTooLarge(format!(
+            "the request body is too large: the limit is {MAX_BODY_BYTES} bytes"
+        )));
+    }
+    Ok(data.freeze())
 }
 
 #[cfg(test)]

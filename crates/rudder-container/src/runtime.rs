@@ -175,12 +175,7 @@ impl Runtime {
         let read = BufReader::new(stdout).read_line(&mut line);
         // The shim lives as long as the container; reap it when it exits so
         // it does not linger as a zombie of this process.
-        std::thread::Builder::new()
-            .name(format!("reap-shim-{id}"))
-            .spawn(move || {
-                let _ = shim.wait();
-            })
-            .context(|| "spawning the shim reaper".into())?;
+        reap(shim);
         read.context(|| "reading the shim's report".into())?;
         let report: StartReport =
             serde_json::from_str(line.trim()).map_err(|_| ContainerError::StartFailed {
@@ -437,6 +432,39 @@ impl Runtime {
         let dir = self.state_dir(id);
         fs::remove_dir_all(&dir).context(|| format!("removing {}", dir.display()))
     }
+}
+
+/// Hands a started shim to the process' one reaper thread, which waits
+/// for every shim this process started (one thread for all of them: a
+/// node with a hundred containers must not keep a hundred threads).
+fn reap(shim: std::process::Child) {
+    use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+    use std::sync::{Mutex, OnceLock};
+    static REAPER: OnceLock<Mutex<Sender<std::process::Child>>> = OnceLock::new();
+    let sender = REAPER.get_or_init(|| {
+        let (tx, rx) = channel::<std::process::Child>();
+        let spawned = std::thread::Builder::new()
+            .name("reap-shims".into())
+            .spawn(move || {
+                let mut children: Vec<std::process::Child> = Vec::new();
+                loop {
+                    match rx.recv_timeout(Duration::from_millis(500)) {
+                        Ok(child) => children.push(child),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    while let Ok(child) = rx.try_recv() {
+                        children.push(child);
+                    }
+                    children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the shim reaper thread: {e}; exited shims stay zombies");
+        }
+        Mutex::new(tx)
+    });
+    let _ = sender.lock().unwrap_or_else(|e| e.into_inner()).send(shim);
 }
 
 /// A name unique within this host for the runtime's temporary files.
