@@ -92,7 +92,22 @@ enum Next {
     Done,
 }
 
+/// Runs a runtime call on the blocking pool. At most a few run at once:
+/// they are file reads and process starts, and a hundred pods syncing
+/// together would otherwise grow a hundred blocking threads (each holding
+/// its own allocator pages) for no speed-up on a node's few cores.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    static LIMIT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+    let _permit = LIMIT
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
+    unlimited_blocking(f).await
+}
+
+/// For calls that mostly wait (a stop's grace period): not counted against
+/// the limit, so graceful stops of many pods run side by side.
+async fn unlimited_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
         .await
         .expect("blocking task panicked")
@@ -1022,7 +1037,7 @@ impl PodManager {
                 let runtime = self.inner.runtime.clone();
                 let cid = id.clone();
                 let command = exec.command.clone().unwrap_or_default();
-                let result = blocking(move || {
+                let result = unlimited_blocking(move || {
                     RuntimeService::exec_sync(&*runtime, &cid, &command, Duration::from_secs(30))
                 })
                 .await;
@@ -1074,9 +1089,10 @@ impl PodManager {
                 let runtime = self.inner.runtime.clone();
                 let cid = id.to_string();
                 let command = exec.command.clone().unwrap_or_default();
-                let result =
-                    blocking(move || RuntimeService::exec_sync(&*runtime, &cid, &command, grace))
-                        .await;
+                let result = unlimited_blocking(move || {
+                    RuntimeService::exec_sync(&*runtime, &cid, &command, grace)
+                })
+                .await;
                 if let Err(e) = result {
                     self.inner.recorder.record(
                         pod,
@@ -1093,7 +1109,9 @@ impl PodManager {
         let remaining = grace.saturating_sub(started.elapsed());
         let runtime = self.inner.runtime.clone();
         let cid = id.to_string();
-        let _ = blocking(move || RuntimeService::stop_container(&*runtime, &cid, remaining)).await;
+        let _ =
+            unlimited_blocking(move || RuntimeService::stop_container(&*runtime, &cid, remaining))
+                .await;
         self.inner.probes.lock().unwrap().remove(id);
     }
 
@@ -1125,9 +1143,10 @@ impl PodManager {
                     }
                     _ => {
                         let runtime = this.inner.runtime.clone();
-                        let _ =
-                            blocking(move || RuntimeService::stop_container(&*runtime, &id, grace))
-                                .await;
+                        let _ = unlimited_blocking(move || {
+                            RuntimeService::stop_container(&*runtime, &id, grace)
+                        })
+                        .await;
                     }
                 }
             }));
