@@ -84,6 +84,15 @@ pub struct PodManager {
 
 const UID_INDEX: &str = "uid";
 
+/// Where a pod's containers go: its sandbox, address and hosts file.
+#[derive(Clone, Copy)]
+struct Placement<'a> {
+    sandbox_id: &'a str,
+    sandbox_config: &'a rudder_cri::cri::PodSandboxConfig,
+    pod_ip: Option<&'a str>,
+    hosts_file: &'a std::path::Path,
+}
+
 /// What a sync asks for next.
 enum Next {
     /// Sync again on the next event, or after this long.
@@ -451,6 +460,12 @@ impl PodManager {
             std::fs::write(&hosts_file, config::etc_hosts(&pod, pod_ip.as_deref())).ok();
         }
 
+        let placement = Placement {
+            sandbox_id: &sandbox_id,
+            sandbox_config: &sandbox_config,
+            pod_ip: pod_ip.as_deref(),
+            hosts_file: &hosts_file,
+        };
         let mut requeue: Option<Duration> = None;
         let mut merge = |d: Duration| requeue = Some(requeue.map_or(d, |r| r.min(d)));
 
@@ -478,15 +493,7 @@ impl PodManager {
                     }
                     let attempt = l.attempt + 1;
                     if let Some(d) = self
-                        .start_container(
-                            &pod,
-                            container,
-                            attempt,
-                            &sandbox_id,
-                            &sandbox_config,
-                            pod_ip.as_deref(),
-                            &hosts_file,
-                        )
+                        .start_container(&pod, container, attempt, &placement)
                         .await
                     {
                         merge(d);
@@ -495,18 +502,7 @@ impl PodManager {
                 }
                 _ => {
                     init_done = false;
-                    if let Some(d) = self
-                        .start_container(
-                            &pod,
-                            container,
-                            0,
-                            &sandbox_id,
-                            &sandbox_config,
-                            pod_ip.as_deref(),
-                            &hosts_file,
-                        )
-                        .await
-                    {
+                    if let Some(d) = self.start_container(&pod, container, 0, &placement).await {
                         merge(d);
                     }
                     break;
@@ -519,17 +515,7 @@ impl PodManager {
                 let latest = latest(&records, &container.name);
                 match latest {
                     None => {
-                        if let Some(d) = self
-                            .start_container(
-                                &pod,
-                                container,
-                                0,
-                                &sandbox_id,
-                                &sandbox_config,
-                                pod_ip.as_deref(),
-                                &hosts_file,
-                            )
-                            .await
+                        if let Some(d) = self.start_container(&pod, container, 0, &placement).await
                         {
                             merge(d);
                         }
@@ -597,15 +583,7 @@ impl PodManager {
                         }
                         self.prune(&records, &container.name).await;
                         if let Some(d) = self
-                            .start_container(
-                                &pod,
-                                container,
-                                l.attempt + 1,
-                                &sandbox_id,
-                                &sandbox_config,
-                                pod_ip.as_deref(),
-                                &hosts_file,
-                            )
+                            .start_container(&pod, container, l.attempt + 1, &placement)
                             .await
                         {
                             merge(d);
@@ -889,17 +867,19 @@ impl PodManager {
     }
 
     /// Creates and starts one container; Some(duration) asks to look again.
-    #[allow(clippy::too_many_arguments)]
     async fn start_container(
         &self,
         pod: &Arc<Pod>,
         container: &Container,
         attempt: u32,
-        sandbox_id: &str,
-        sandbox_config: &rudder_cri::cri::PodSandboxConfig,
-        pod_ip: Option<&str>,
-        hosts_file: &std::path::Path,
+        placement: &Placement<'_>,
     ) -> Option<Duration> {
+        let Placement {
+            sandbox_id,
+            sandbox_config,
+            pod_ip,
+            hosts_file,
+        } = *placement;
         if let Err(retry) = self.ensure_image(pod, container).await {
             return Some(retry);
         }
