@@ -126,14 +126,6 @@ fn parse_bytes(text: &str) -> anyhow::Result<i64> {
     Ok(value * factor)
 }
 
-fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 pub fn run(data_dir: &std::path::Path, args: RunArgs) -> anyhow::Result<i32> {
     let node = node(data_dir)?;
     let image = node.images().image(&args.image).with_context(|| {
@@ -142,7 +134,10 @@ pub fn run(data_dir: &std::path::Path, args: RunArgs) -> anyhow::Result<i32> {
             args.image, args.image
         )
     })?;
-    let id = args.name.clone().unwrap_or_else(random_id);
+    let id = match args.name.clone() {
+        Some(name) => name,
+        None => rudder_cri::sandbox::random_id()?,
+    };
     let mut request = BundleRequest::new(&id, image);
     request.args = args.command.clone();
     if let Some(entrypoint) = &args.entrypoint {

@@ -3,33 +3,15 @@
 //! serves, driven with the real kubectl. Root, namespaces, cgroups, overlayfs
 //! and iptables/nft are needed (CI runs as root).
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BUSYBOX: &str = "127.0.0.1:5000/busybox:1.35";
 const WEB: &str = "127.0.0.1:5000/web:1.0";
-
-fn images() {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/acceptance/images/build.sh");
-    let script = if script.exists() {
-        script
-    } else {
-        PathBuf::from("/work/shared/acceptance/images/build.sh")
-    };
-    let output = Command::new("bash")
-        .arg(&script)
-        .output()
-        .expect("running bash");
-    assert!(
-        output.status.success(),
-        "build.sh: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 struct Cluster {
     dir: tempfile::TempDir,
@@ -49,7 +31,7 @@ const NODE_FLAGS: [&str; 6] = [
 
 impl Cluster {
     fn start() -> Cluster {
-        images();
+        support::build_test_images();
         let addr = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

@@ -4,39 +4,16 @@
 //! `shared/acceptance/images/build.sh` serves at 127.0.0.1:5000. Needs root,
 //! overlayfs, namespaces and cgroups (this suite runs as root in CI).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rudder_cri::cri::*;
 use rudder_cri::{ImageService, NodeRuntime, RuntimeService};
 
 const BUSYBOX: &str = "127.0.0.1:5000/busybox:1.35";
-
-/// Runs the image build script once per test binary.
-fn images() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/acceptance/images/build.sh");
-        let script = if script.exists() {
-            script
-        } else {
-            PathBuf::from("/work/shared/acceptance/images/build.sh")
-        };
-        let output = Command::new("bash")
-            .arg(&script)
-            .output()
-            .expect("running bash");
-        assert!(
-            output.status.success(),
-            "build.sh failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    });
-}
 
 /// A node runtime over a fresh data dir with busybox pulled through the
 /// ImageService; everything it ran is reset on drop.
@@ -47,7 +24,7 @@ struct Node {
 
 impl Node {
     fn new() -> Node {
-        images();
+        support::build_test_images();
         let dir = tempfile::Builder::new()
             .prefix("rudder-cri-")
             .tempdir()

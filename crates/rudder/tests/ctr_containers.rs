@@ -3,38 +3,16 @@
 //! registry (127.0.0.1:5000). These run real containers: root, overlayfs,
 //! namespaces and cgroups are needed (this suite runs as root in CI).
 
+mod support;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const BUSYBOX: &str = "127.0.0.1:5000/busybox:1.35";
 const LAYERED: &str = "127.0.0.1:5000/layered:1.0";
-
-/// Runs the image build script once per test binary.
-fn images() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/acceptance/images/build.sh");
-        let script = if script.exists() {
-            script
-        } else {
-            PathBuf::from("/work/shared/acceptance/images/build.sh")
-        };
-        let output = Command::new("bash")
-            .arg(&script)
-            .output()
-            .expect("running bash");
-        assert!(
-            output.status.success(),
-            "build.sh failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    });
-}
 
 struct Node {
     dir: tempfile::TempDir,
@@ -43,7 +21,7 @@ struct Node {
 impl Node {
     /// A fresh data dir with `images` pulled into it.
     fn with(images_to_pull: &[&str]) -> Node {
-        images();
+        support::build_test_images();
         let node = Node {
             dir: tempfile::Builder::new()
                 .prefix("rudder-ctr-")

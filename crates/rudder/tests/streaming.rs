@@ -5,10 +5,12 @@
 //! in-process API server with the real kubectl. Needs root, overlayfs,
 //! namespaces and cgroups.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -22,29 +24,6 @@ use tokio_tungstenite::tungstenite::Message;
 const BUSYBOX: &str = "127.0.0.1:5000/busybox:1.35";
 const KUBECTL: &str = "/usr/bin/kubectl";
 
-/// Runs the image build script once per test binary.
-fn images() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/acceptance/images/build.sh");
-        let script = if script.exists() {
-            script
-        } else {
-            PathBuf::from("/work/shared/acceptance/images/build.sh")
-        };
-        let output = std::process::Command::new("bash")
-            .arg(&script)
-            .output()
-            .expect("running bash");
-        assert!(
-            output.status.success(),
-            "build.sh failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    });
-}
-
 /// A node runtime over a fresh data dir with busybox pulled, and the node
 /// agent's server on a free port; what it ran is reset on drop.
 struct Node {
@@ -55,7 +34,9 @@ struct Node {
 
 impl Node {
     async fn start() -> Node {
-        tokio::task::spawn_blocking(images).await.unwrap();
+        tokio::task::spawn_blocking(support::build_test_images)
+            .await
+            .unwrap();
         let dir = tempfile::Builder::new()
             .prefix("rudder-stream-")
             .tempdir()
