@@ -506,6 +506,11 @@ pub trait RuntimeService: Send + Sync {
     /// is the command's.
     fn exec(&self, id: &str, cmd: &[String], env: &[KeyValue]) -> Result<std::process::Command>;
 
+    /// Connects to `port` on the loopback address of the sandbox's network
+    /// namespace (the host's for a host-network pod): CRI's `PortForward`,
+    /// done in-process instead of through a streaming URL.
+    fn port_forward(&self, sandbox_id: &str, port: u16) -> Result<std::net::TcpStream>;
+
     fn container_stats(&self, id: &str) -> Result<ContainerStats>;
     fn list_container_stats(&self, filter: &ContainerStatsFilter) -> Result<Vec<ContainerStats>>;
 }

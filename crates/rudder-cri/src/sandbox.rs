@@ -1023,6 +1023,45 @@ impl RuntimeService for NodeRuntime {
         Ok(self.containers().exec(id, &process)?)
     }
 
+    fn port_forward(&self, sandbox_id: &str, port: u16) -> Result<std::net::TcpStream> {
+        let record = self.sandboxes().load(sandbox_id)?;
+        if record
+            .config
+            .linux
+            .security_context
+            .namespace_options
+            .network
+            == NamespaceMode::Node
+        {
+            return connect_loopback(port);
+        }
+        let state = self
+            .sandbox_state(sandbox_id)
+            .filter(|s| s.status == Status::Running)
+            .ok_or_else(|| CriError::Invalid(format!("pod sandbox {sandbox_id} is not running")))?;
+        let pid = rudder_container::runtime::init_pid(&state).ok_or_else(|| {
+            CriError::Invalid(format!("pod sandbox {sandbox_id} has no running process"))
+        })?;
+        let netns =
+            std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(crate::error::io(
+                format!("opening the network namespace of pod sandbox {sandbox_id}"),
+            ))?;
+        // A socket belongs to the network namespace of the thread that
+        // creates it: a short-lived thread joins the pod's, connects, and
+        // exits, so no other work ever runs in that namespace by accident.
+        std::thread::Builder::new()
+            .name("port-forward".into())
+            .spawn(move || {
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    CriError::Invalid(format!("entering the pod's network namespace: {e}"))
+                })?;
+                connect_loopback(port)
+            })
+            .map_err(crate::error::io("starting a port-forward thread"))?
+            .join()
+            .map_err(|_| CriError::Invalid("the port-forward thread panicked".into()))?
+    }
+
     fn container_stats(&self, id: &str) -> Result<ContainerStats> {
         let (record, state) = self.cri_container(id)?;
         self.stats_of(&record, &state)
@@ -1043,6 +1082,24 @@ impl RuntimeService for NodeRuntime {
             out.push(self.stats_of(&record, &state)?);
         }
         Ok(out)
+    }
+}
+
+/// Connects to `port` on the loopback address, IPv4 first then IPv6, as
+/// the CRI runtimes' port forwarding does.
+fn connect_loopback(port: u16) -> Result<std::net::TcpStream> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    let timeout = Duration::from_secs(10);
+    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    match TcpStream::connect_timeout(&v4, timeout) {
+        Ok(stream) => Ok(stream),
+        Err(first) => {
+            TcpStream::connect_timeout(&SocketAddr::from((Ipv6Addr::LOCALHOST, port)), timeout)
+                .map_err(|_| CriError::Io {
+                    context: format!("dial tcp4 127.0.0.1:{port}"),
+                    source: first,
+                })
+        }
     }
 }
 

@@ -448,14 +448,15 @@ async fn kubectl(
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_logs_and_exec_through_the_api_server() {
-    if !Path::new(KUBECTL).exists() {
-        panic!("{KUBECTL} is needed for this test");
-    }
-    let node = Node::start().await;
-
-    // An API server in process, with a Node pointing at the agent.
+/// An API server in process (its store in the returned directory) with a
+/// Node `node-a` pointing at the agent's server; its address and the `default` namespace's pods.
+async fn api_server_for(
+    node: &Node,
+) -> (
+    tempfile::TempDir,
+    SocketAddr,
+    kube::Api<k8s_openapi::api::core::v1::Pod>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let store = rudder_store::SqliteStore::open(rudder_store::SqliteConfig::new(
         dir.path().join("state.db"),
@@ -496,6 +497,17 @@ async fn kubectl_logs_and_exec_through_the_api_server() {
         )
         .await
         .unwrap();
+    (dir, api_addr, pods)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_and_exec_through_the_api_server() {
+    if !Path::new(KUBECTL).exists() {
+        panic!("{KUBECTL} is needed for this test");
+    }
+    let node = Node::start().await;
+    let (_api_dir, api_addr, pods) = api_server_for(&node).await;
+    let pp = kube::api::PostParams::default();
     let pod_object = |name: &str,
                       containers: &[&str],
                       node_name: Option<&str>|
@@ -616,4 +628,201 @@ async fn kubectl_logs_and_exec_through_the_api_server() {
     )
     .await;
     assert_eq!((code, out.as_str()), (0, "PIPED THROUGH STDIN\n"), "{err}");
+}
+
+/// A busybox httpd serving `index.html` ("hello from the pod") on port 8080
+/// of a new pod `name` (its sandbox has only a loopback interface).
+async fn httpd_pod(node: &Node, pods: &kube::Api<k8s_openapi::api::core::v1::Pod>, name: &str) {
+    pods.create(
+        &kube::api::PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "web", "image": BUSYBOX}]},
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    // kubectl port-forward refuses pods that are not Running.
+    pods.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .unwrap();
+    let sandbox = node.pod("default", name).await;
+    node.run(
+        &sandbox,
+        "web",
+        0,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello from the pod > /www/index.html && exec httpd -f -p 8080 -h /www",
+        ],
+    )
+    .await;
+}
+
+/// An HTTP/1.0 GET of `path` on `addr`: the whole answer, or what was read
+/// before the connection ended.
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_port_forward_over_websocket_tunnel_and_spdy() {
+    if !Path::new(KUBECTL).exists() {
+        panic!("{KUBECTL} is needed for this test");
+    }
+    let node = Node::start().await;
+    let (_api_dir, api_addr, pods) = api_server_for(&node).await;
+    httpd_pod(&node, &pods, "web").await;
+    let home = tempfile::tempdir().unwrap();
+
+    // kubectl 1.32 tunnels SPDY in a WebSocket; with the feature off it
+    // upgrades to SPDY directly. Both must work.
+    for websockets in ["true", "false"] {
+        let mut child = tokio::process::Command::new(KUBECTL)
+            .arg(format!("--server=http://{api_addr}"))
+            .args(["port-forward", "pod/web", ":8080", ":9"])
+            .env("HOME", home.path())
+            .env("KUBECONFIG", home.path().join("none"))
+            .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // "Forwarding from 127.0.0.1:PORT -> 8080", then the same for 9.
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        let mut local = Vec::new();
+        while local.len() < 2 {
+            use tokio::io::AsyncBufReadExt;
+            let mut line = String::new();
+            let read = tokio::time::timeout(Duration::from_secs(30), lines.read_line(&mut line))
+                .await
+                .expect("kubectl port-forward prints its ports")
+                .unwrap();
+            if read == 0 {
+                use tokio::io::AsyncReadExt;
+                let mut stderr = String::new();
+                let _ = child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut stderr)
+                    .await;
+                panic!("kubectl port-forward ended early: {stderr}");
+            }
+            if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                let port: u16 = rest.split_whitespace().next().unwrap().parse().unwrap();
+                local.push(port);
+            }
+        }
+        let web = SocketAddr::from(([127, 0, 0, 1], local[0]));
+        // Several connections one after another, each its own stream pair.
+        for _ in 0..3 {
+            let answer = http_get(web, "/index.html").await;
+            assert!(
+                answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("hello from the pod\n"),
+                "websockets={websockets}: {answer:?}"
+            );
+        }
+        // Nothing listens on port 9 in the pod: the connection ends and the
+        // error reaches kubectl.
+        let refused = http_get(SocketAddr::from(([127, 0, 0, 1], local[1])), "/").await;
+        assert_eq!(refused, "", "websockets={websockets}");
+        child.kill().await.unwrap();
+        let mut stderr = String::new();
+        use tokio::io::AsyncReadExt;
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .await
+            .unwrap();
+        assert!(
+            stderr.contains("error forwarding port 9 to pod default/web"),
+            "websockets={websockets}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_over_the_websocket_channel_protocol() {
+    let node = Node::start().await;
+    let sandbox = node.pod("default", "web").await;
+    node.run(
+        &sandbox,
+        "web",
+        0,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello from the pod > /www/index.html && exec httpd -f -p 8080 -h /www",
+        ],
+    )
+    .await;
+    let mut request = format!("ws://{}/portForward/default/web?ports=8080", node.addr)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v4.channel.k8s.io".parse().unwrap(),
+    );
+    // The server may start before httpd listens: retry until it answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (mut socket, response) = tokio_tungstenite::connect_async(request.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers()["sec-websocket-protocol"],
+            "v4.channel.k8s.io"
+        );
+        // Each channel starts with its port, little-endian.
+        let mut first = Vec::new();
+        for _ in 0..2 {
+            match socket.next().await.unwrap().unwrap() {
+                Message::Binary(data) => first.push(data.to_vec()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(first, vec![vec![0, 0x90, 0x1f], vec![1, 0x90, 0x1f]]);
+        let mut get = vec![0u8];
+        get.extend_from_slice(b"GET /index.html HTTP/1.0\r\n\r\n");
+        socket.send(Message::Binary(get.into())).await.unwrap();
+        let (mut data, mut errors) = (Vec::new(), Vec::new());
+        while let Some(Ok(message)) = socket.next().await {
+            if let Message::Binary(message) = message {
+                match message.first() {
+                    Some(0) => data.extend_from_slice(&message[1..]),
+                    Some(1) => errors.extend_from_slice(&message[1..]),
+                    _ => panic!("unexpected channel in {message:?}"),
+                }
+            }
+        }
+        let data = String::from_utf8_lossy(&data);
+        if data.ends_with("hello from the pod\n") {
+            assert!(errors.is_empty());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{data:?} {:?}",
+            String::from_utf8_lossy(&errors)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -1,6 +1,6 @@
 //! `/exec/{namespace}/{pod}/{container}`: a command in a running container,
 //! its stdio carried over a WebSocket in the [`channel`] protocol; plus the
-//! `attach` and `portForward` endpoints, which this node cannot serve yet.
+//! `attach` endpoint, which this node cannot serve yet.
 //!
 //! Like the kubelet, the request is checked before the upgrade, and refusals
 //! are plain text with an HTTP code (client-go shows them as
@@ -135,33 +135,6 @@ pub async fn attach(
             StatusCode::BAD_REQUEST,
             "attach is not supported by this node's container runtime yet: a container's main process has no streams to attach to; use kubectl logs -f or kubectl exec",
         ),
-    }
-}
-
-/// `GET|POST /portForward/{namespace}/{pod}`: refused with a clear error.
-pub async fn port_forward(
-    State(state): State<ServerState>,
-    Path((namespace, pod)): Path<(String, String)>,
-) -> Response {
-    let runtime = state.runtime.clone();
-    let exists = tokio::task::spawn_blocking(move || {
-        runtime
-            .list_pod_sandbox(&Default::default())
-            .map(|sandboxes| {
-                sandboxes
-                    .iter()
-                    .any(|s| s.metadata.namespace == namespace && s.metadata.name == pod)
-            })
-    })
-    .await;
-    match exists {
-        Ok(Ok(false)) => text_error(StatusCode::NOT_FOUND, "pod does not exist"),
-        Ok(Ok(true)) => text_error(
-            StatusCode::BAD_REQUEST,
-            "port forwarding is not supported by this node yet",
-        ),
-        Ok(Err(e)) => text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

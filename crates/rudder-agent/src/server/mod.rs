@@ -6,9 +6,11 @@
 //! - `GET|POST /exec/{namespace}/{pod}/{container}?command=..` ([`exec`]): a
 //!   command in the container, over a WebSocket speaking the
 //!   `v5.channel.k8s.io` / `v4.channel.k8s.io` protocols ([`channel`]).
-//! - `/attach/...` and `/portForward/...` answer with a clear error: the node
-//!   runtime cannot attach to a container's main process nor forward ports
-//!   yet.
+//! - `GET|POST /portForward/{namespace}/{pod}` ([`portforward`]): TCP
+//!   connections into the pod's network namespace, over SPDY/3.1 ([`spdy`]),
+//!   SPDY tunnelled in a WebSocket, or the WebSocket channel protocol.
+//! - `/attach/...` answers with a clear error: the node runtime cannot
+//!   attach to a container's main process yet.
 //!
 //! Plain HTTP for now: no TLS and no authentication or authorization of the
 //! caller (the kubelet's serving certificate, client certificates and
@@ -22,6 +24,8 @@
 pub mod channel;
 pub mod exec;
 pub mod logs;
+pub mod portforward;
+pub mod spdy;
 
 use std::sync::Arc;
 
@@ -67,7 +71,7 @@ pub fn router(runtime: Arc<dyn RuntimeService>) -> Router {
         )
         .route(
             "/portForward/{namespace}/{pod}",
-            get(exec::port_forward).post(exec::port_forward),
+            get(portforward::port_forward).post(portforward::port_forward),
         )
         .with_state(ServerState { runtime })
 }
