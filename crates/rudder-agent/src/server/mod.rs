@@ -22,6 +22,7 @@
 pub mod channel;
 pub mod exec;
 pub mod logs;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -53,6 +54,7 @@ pub async fn serve(
 /// The kubelet's routes over any runtime service.
 pub fn router(runtime: Arc<dyn RuntimeService>) -> Router {
     Router::new()
+        .merge(stats::routes(runtime.clone()))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(logs::container_logs),
