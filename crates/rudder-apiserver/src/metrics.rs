@@ -319,7 +319,7 @@ pub fn cpu_quantity(nano_cores: u64) -> String {
 /// Memory as metrics-server writes it: a binary quantity (`10Mi`,
 /// `123456Ki`; plain bytes when not a multiple of 1024).
 pub fn memory_quantity(bytes: u64) -> String {
-    let text = if bytes % 1024 == 0 {
+    let text = if bytes.is_multiple_of(1024) {
         format!("{}Ki", bytes / 1024)
     } else {
         bytes.to_string()

@@ -116,8 +116,8 @@ pub fn fake_kubelet(client: &Client, namespace: &str) -> tokio::task::JoinHandle
                         continue;
                     }
                     let now = rudder_apimachinery::time::now_rfc3339();
-                    let status = serde_json::json!({"status": {"phase": "Running", "conditions": [
-                        {"type": "Ready", "status": "True", "lastTransitionTime": now}]}});
+                    let status = serde_json::json!({"status": {"phase": "Running", "startTime": now,
+                        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}]}});
                     let name = pod.metadata.name.clone().unwrap_or_default();
                     let _ = api
                         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
