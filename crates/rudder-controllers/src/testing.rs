@@ -14,6 +14,8 @@ use crate::Context;
 
 pub struct TestCluster {
     pub client: Client,
+    /// `http://127.0.0.1:PORT`, for clients other than `client`.
+    pub url: String,
     pub ctx: Context,
     _dir: tempfile::TempDir,
 }
@@ -42,6 +44,7 @@ impl TestCluster {
         let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
         let client = Client::try_from(config).unwrap();
         TestCluster {
+            url: format!("http://{addr}"),
             ctx: Context::new(client.clone()),
             client,
             _dir: dir,

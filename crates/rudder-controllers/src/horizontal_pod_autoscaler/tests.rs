@@ -388,3 +388,45 @@ async fn hpa_reports_why_it_cannot_scale() {
         other => panic!("expected Invalid, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "runs the real kubectl (RUDDER_KUBECTL, default /usr/bin/kubectl)"]
+async fn kubectl_top_reads_the_metrics_api() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client.clone();
+    namespace(&client, "top").await;
+    let agent = FakeAgent::start(&client, "node-a").await;
+    agent.cpu_millis.store(120, Ordering::SeqCst);
+    node(&client, "node-a", agent.port).await;
+    cluster.run_controllers(&["replicaset", "deployment"]);
+    let _kubelet = fake_kubelet(&client, "top");
+    deployment(&client, "top", "web", "node-a").await;
+    let kubectl = std::env::var("RUDDER_KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into());
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(&kubectl)
+            .args(["--server", &cluster.url, "--cache-dir"])
+            .arg(home.path())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let (ok, nodes) = tokio::task::block_in_place(|| run(&["top", "nodes"]));
+    assert!(ok, "{nodes}");
+    assert!(
+        nodes.contains("node-a") && nodes.contains("1500m") && nodes.contains("1024Mi"),
+        "{nodes}"
+    );
+    let pods = eventually("kubectl top pods", || {
+        let out = tokio::task::block_in_place(|| run(&["top", "pods", "-n", "top"]));
+        async move { (out.0 && out.1.contains("web-")).then_some(out.1) }
+    })
+    .await;
+    assert!(pods.contains("120m") && pods.contains("64Mi"), "{pods}");
+    println!("{nodes}\n{pods}");
+}
