@@ -98,6 +98,7 @@ pub fn prepare_for_create(info: &ResourceInfo, obj: &mut Value) {
             default_pod_template(object_at(spec, "template"));
         }
         ("batch", "jobs") => default_job(obj),
+        ("autoscaling", "horizontalpodautoscalers") => default_hpa_spec(object_at(obj, "spec")),
         ("batch", "cronjobs") => {
             let spec = object_at(obj, "spec");
             set_default(spec, "concurrencyPolicy", json!("Allow"));
@@ -161,6 +162,41 @@ pub fn prepare_for_create(info: &ResourceInfo, obj: &mut Value) {
             set_default(obj, "preemptionPolicy", json!("PreemptLowerPriority"));
         }
         _ => {}
+    }
+}
+
+/// autoscaling/v2 defaults: one replica at least, 80% of the CPU request
+/// when no metric is given, and, once `behavior` is given, every rule
+/// filled in (scale-down's stabilization window is left unset: the
+/// controller's `--horizontal-pod-autoscaler-downscale-stabilization`
+/// applies).
+pub fn default_hpa_spec(spec: &mut Value) {
+    set_default(spec, "minReplicas", json!(1));
+    if spec
+        .get("metrics")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+    {
+        spec["metrics"] = json!([{"type": "Resource", "resource": {"name": "cpu",
+            "target": {"type": "Utilization", "averageUtilization": 80}}}]);
+    }
+    if let Some(behavior) = spec.get_mut("behavior").filter(|b| b.is_object()) {
+        let up = object_at(behavior, "scaleUp");
+        set_default(up, "stabilizationWindowSeconds", json!(0));
+        set_default(up, "selectPolicy", json!("Max"));
+        set_default(
+            up,
+            "policies",
+            json!([{"type": "Pods", "value": 4, "periodSeconds": 15},
+                   {"type": "Percent", "value": 100, "periodSeconds": 15}]),
+        );
+        let down = object_at(behavior, "scaleDown");
+        set_default(down, "selectPolicy", json!("Max"));
+        set_default(
+            down,
+            "policies",
+            json!([{"type": "Percent", "value": 100, "periodSeconds": 15}]),
+        );
     }
 }
 

@@ -13,6 +13,7 @@ mod error;
 mod health;
 mod limitrange;
 mod managed_fields;
+mod metrics;
 mod node_proxy;
 mod object;
 mod openapi;
@@ -150,6 +151,10 @@ async fn dispatch(State(server): State<ApiServer>, request: Request<Body>) -> Re
     // Pod logs, exec, attach and port-forward go to the pod's node agent,
     // streamed or upgraded: they keep the request whole.
     if let Ok(Some(target)) = request::parse_resource_path(server.registry(), &path) {
+        if metrics::handles(&target) {
+            let (method, query) = (request.method().clone(), request.uri().query());
+            return metrics::serve(&server, target, &method, query, request.headers()).await;
+        }
         if node_proxy::handles(&target) {
             return node_proxy::serve(&server, target, request).await;
         }

@@ -383,7 +383,7 @@ async fn kubelet_address(server: &ApiServer, node: &str) -> Result<String, ApiEr
 
 /// The address to reach a Node's agent at: its InternalIP, else its
 /// ExternalIP, else its Hostname; the port it reports, else 10250.
-fn node_address(node: &Value) -> Result<String, ApiError> {
+pub(crate) fn node_address(node: &Value) -> Result<String, ApiError> {
     let addresses: Vec<(&str, &str)> = node
         .pointer("/status/addresses")
         .and_then(Value::as_array)
@@ -425,7 +425,7 @@ fn node_address(node: &Value) -> Result<String, ApiError> {
 }
 
 /// Opens an HTTP/1.1 connection to the node agent (upgrades allowed).
-async fn connect(
+pub(crate) async fn connect(
     address: &str,
     url: &str,
 ) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>, ApiError> {

@@ -102,7 +102,7 @@ pub struct Registry {
 impl Registry {
     pub fn with_builtins() -> Self {
         let registry = Registry::default();
-        for info in builtin_resources() {
+        for info in builtin_resources().chain(crate::metrics::resources()) {
             registry.add(info);
         }
         registry

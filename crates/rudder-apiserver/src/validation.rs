@@ -3,7 +3,7 @@
 //! field paths and messages Kubernetes uses.
 
 use rudder_apimachinery::selector::LabelSelector;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::error::FieldCause;
 use crate::registry::ResourceInfo;
@@ -173,10 +173,29 @@ pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Fi
                 }
             }
         }
+        ("autoscaling", "horizontalpodautoscalers") => v.hpa_spec(&obj["spec"]),
         _ => {}
     }
     v.causes
 }
+
+/// `field.Invalid` with a number, which Kubernetes prints unquoted.
+fn invalid_number(field: impl Into<String>, value: &Value, detail: &str) -> FieldCause {
+    FieldCause {
+        reason: "FieldValueInvalid",
+        field: field.into(),
+        message: format!("Invalid value: {value}: {detail}"),
+    }
+}
+
+/// The metric source types of autoscaling/v2 and the field each fills.
+const METRIC_SOURCES: &[(&str, &str)] = &[
+    ("ContainerResource", "containerResource"),
+    ("External", "external"),
+    ("Object", "object"),
+    ("Pods", "pods"),
+    ("Resource", "resource"),
+];
 
 #[derive(Default)]
 struct Validator {
@@ -198,6 +217,267 @@ impl Validator {
                     .map(str::to_owned)
                     .unwrap_or_else(|| other.to_string());
                 self.push(FieldCause::unsupported(field, &text, allowed));
+            }
+        }
+    }
+
+    /// autoscaling/v2 `HorizontalPodAutoscalerSpec`, with kube-apiserver's
+    /// messages (HPAScaleToZero off: minReplicas is at least 1).
+    fn hpa_spec(&mut self, spec: &Value) {
+        let min = spec.get("minReplicas").filter(|v| !v.is_null());
+        if let Some(min) = min {
+            if min.as_i64().is_none_or(|m| m < 1) {
+                self.push(invalid_number(
+                    "spec.minReplicas",
+                    min,
+                    "must be greater than or equal to 1",
+                ));
+            }
+        }
+        let max = spec.get("maxReplicas").cloned().unwrap_or(json!(0));
+        if max.as_i64().is_none_or(|m| m < 1) {
+            self.push(invalid_number(
+                "spec.maxReplicas",
+                &max,
+                "must be greater than 0",
+            ));
+        }
+        if let (Some(min), Some(max)) = (min.and_then(Value::as_i64), max.as_i64()) {
+            if max < min {
+                self.push(invalid_number(
+                    "spec.maxReplicas",
+                    &json!(max),
+                    "must be greater than or equal to `minReplicas`",
+                ));
+            }
+        }
+        for field in ["kind", "name"] {
+            let path = format!("spec.scaleTargetRef.{field}");
+            match spec
+                .pointer(&format!("/scaleTargetRef/{field}"))
+                .and_then(Value::as_str)
+            {
+                None | Some("") => self.push(FieldCause::required(path, "")),
+                Some(value)
+                    if value.contains('/')
+                        || value.contains('%')
+                        || value == "."
+                        || value == ".." =>
+                {
+                    self.push(FieldCause::invalid(path, value, "may not contain '/'"))
+                }
+                Some(_) => {}
+            }
+        }
+        let metrics = spec
+            .get("metrics")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (i, metric) in metrics.iter().enumerate() {
+            self.hpa_metric(&format!("spec.metrics[{i}]"), metric);
+        }
+        if let Some(behavior) = spec.get("behavior").filter(|b| b.is_object()) {
+            for direction in ["scaleUp", "scaleDown"] {
+                if let Some(rules) = behavior.get(direction).filter(|r| r.is_object()) {
+                    self.hpa_scaling_rules(&format!("spec.behavior.{direction}"), rules);
+                }
+            }
+        }
+    }
+
+    fn hpa_metric(&mut self, path: &str, metric: &Value) {
+        let kind = metric.get("type").and_then(Value::as_str).unwrap_or("");
+        if kind.is_empty() {
+            self.push(FieldCause::required(
+                format!("{path}.type"),
+                "must specify a metric source type",
+            ));
+        }
+        let supported: Vec<&str> = METRIC_SOURCES.iter().map(|(t, _)| *t).collect();
+        let expected = METRIC_SOURCES
+            .iter()
+            .find(|(t, _)| *t == kind)
+            .map(|(_, f)| *f);
+        if expected.is_none() {
+            self.push(FieldCause::unsupported(
+                format!("{path}.type"),
+                kind,
+                &supported,
+            ));
+        }
+        let present: Vec<&str> = METRIC_SOURCES
+            .iter()
+            .map(|(_, f)| *f)
+            .filter(|f| metric.get(*f).is_some_and(|v| !v.is_null()))
+            .collect();
+        if let Some(expected) = expected {
+            if !present.contains(&expected) {
+                self.push(FieldCause::required(
+                    format!("{path}.{expected}"),
+                    "must populate information for the given metric source",
+                ));
+            }
+        }
+        for other in present.iter().filter(|f| Some(**f) != expected) {
+            self.push(FieldCause::forbidden(
+                format!("{path}.{other}"),
+                "must populate the given metric source only",
+            ));
+        }
+        // Resource and ContainerResource targets are what this cluster's
+        // metrics serve; their rules are checked in full.
+        for source in ["resource", "containerResource"] {
+            let Some(src) = metric.get(source).filter(|_| expected == Some(source)) else {
+                continue;
+            };
+            let src_path = format!("{path}.{source}");
+            if src
+                .get("name")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                self.push(FieldCause::required(
+                    format!("{src_path}.name"),
+                    "must specify a resource name",
+                ));
+            }
+            if source == "containerResource"
+                && src
+                    .get("container")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+            {
+                self.push(FieldCause::required(
+                    format!("{src_path}.container"),
+                    "must specify a container",
+                ));
+            }
+            let target = src.get("target").cloned().unwrap_or(json!({}));
+            self.hpa_metric_target(&format!("{src_path}.target"), &target);
+            let utilization = target.get("averageUtilization").filter(|v| !v.is_null());
+            let average = target.get("averageValue").filter(|v| !v.is_null());
+            match (utilization, average) {
+                (None, None) => self.push(FieldCause::required(
+                    format!("{src_path}.target.averageUtilization"),
+                    "must set either a target raw value or a target utilization",
+                )),
+                (Some(_), Some(_)) => self.push(FieldCause::forbidden(
+                    format!("{src_path}.target.averageValue"),
+                    "may not set both a target raw value and a target utilization",
+                )),
+                _ => {}
+            }
+        }
+    }
+
+    fn hpa_metric_target(&mut self, path: &str, target: &Value) {
+        match target.get("type").and_then(Value::as_str).unwrap_or("") {
+            "" => self.push(FieldCause::required(
+                format!("{path}.type"),
+                "must specify a metric target type",
+            )),
+            "Utilization" | "Value" | "AverageValue" => {}
+            other => self.push(FieldCause::invalid(
+                format!("{path}.type"),
+                other,
+                "must be either Utilization, Value, or AverageValue",
+            )),
+        }
+        for field in ["value", "averageValue"] {
+            if let Some(q) = target.get(field).filter(|v| !v.is_null()) {
+                let positive = rudder_apimachinery::resources::Amount::from_json(q)
+                    .is_some_and(|a| !a.is_zero() && !a.is_negative());
+                if !positive {
+                    let text = q
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| q.to_string());
+                    self.push(FieldCause::invalid(
+                        format!("{path}.{field}"),
+                        &text,
+                        "must be positive",
+                    ));
+                }
+            }
+        }
+        if let Some(u) = target.get("averageUtilization").filter(|v| !v.is_null()) {
+            if u.as_i64().is_none_or(|u| u < 1) {
+                self.push(invalid_number(
+                    format!("{path}.averageUtilization"),
+                    u,
+                    "must be greater than 0",
+                ));
+            }
+        }
+    }
+
+    fn hpa_scaling_rules(&mut self, path: &str, rules: &Value) {
+        if let Some(window) = rules
+            .get("stabilizationWindowSeconds")
+            .filter(|v| !v.is_null())
+        {
+            match window.as_i64() {
+                Some(w) if w < 0 => self.push(invalid_number(
+                    format!("{path}.stabilizationWindowSeconds"),
+                    window,
+                    "must be greater than or equal to zero",
+                )),
+                Some(w) if w > 3600 => self.push(invalid_number(
+                    format!("{path}.stabilizationWindowSeconds"),
+                    window,
+                    "must be less than or equal to 3600",
+                )),
+                _ => {}
+            }
+        }
+        self.enum_value(
+            &format!("{path}.selectPolicy"),
+            rules.get("selectPolicy"),
+            &["Disabled", "Max", "Min"],
+        );
+        let policies = rules.get("policies").and_then(Value::as_array);
+        if policies.is_none_or(Vec::is_empty) {
+            self.push(FieldCause::required(
+                format!("{path}.policies"),
+                "must specify at least one Policy",
+            ));
+        }
+        for (i, policy) in policies.into_iter().flatten().enumerate() {
+            let p = format!("{path}.policies[{i}]");
+            self.enum_value(
+                &format!("{p}.type"),
+                policy.get("type"),
+                &["Percent", "Pods"],
+            );
+            if policy.get("type").is_none_or(Value::is_null) {
+                self.push(FieldCause::unsupported(
+                    format!("{p}.type"),
+                    "",
+                    &["Percent", "Pods"],
+                ));
+            }
+            let value = policy.get("value").cloned().unwrap_or(json!(0));
+            if value.as_i64().is_none_or(|v| v <= 0) {
+                self.push(invalid_number(
+                    format!("{p}.value"),
+                    &value,
+                    "must be greater than zero",
+                ));
+            }
+            let period = policy.get("periodSeconds").cloned().unwrap_or(json!(0));
+            match period.as_i64() {
+                Some(s) if s > 1800 => self.push(invalid_number(
+                    format!("{p}.periodSeconds"),
+                    &period,
+                    "must be less than or equal to 1800",
+                )),
+                Some(s) if s > 0 => {}
+                _ => self.push(invalid_number(
+                    format!("{p}.periodSeconds"),
+                    &period,
+                    "must be greater than zero",
+                )),
             }
         }
     }
@@ -774,5 +1054,126 @@ mod tests {
         assert!(check_cron_schedule("61 * * * *").is_err());
         assert!(check_cron_schedule("* * * *").is_err());
         assert!(check_cron_schedule("not a schedule").is_err());
+    }
+
+    fn hpa_causes(spec: Value) -> Vec<(String, String)> {
+        let registry = Registry::with_builtins();
+        let info = registry
+            .get("autoscaling", "v2", "horizontalpodautoscalers")
+            .unwrap();
+        let mut obj = json!({"metadata": {"name": "h"}, "spec": spec});
+        crate::defaults::prepare_for_create(&info, &mut obj);
+        validate(&info, &obj, None)
+            .into_iter()
+            .map(|c| (c.field, c.message))
+            .collect()
+    }
+
+    #[test]
+    fn hpas_are_validated_with_kubernetes_messages() {
+        let target = json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"});
+        assert!(hpa_causes(json!({"scaleTargetRef": target, "maxReplicas": 3})).is_empty());
+        assert_eq!(
+            hpa_causes(json!({"scaleTargetRef": target, "minReplicas": 5, "maxReplicas": 3})),
+            [(
+                "spec.maxReplicas".to_string(),
+                "Invalid value: 3: must be greater than or equal to `minReplicas`".to_string()
+            )]
+        );
+        let causes = hpa_causes(
+            json!({"scaleTargetRef": {"kind": "Deployment"}, "minReplicas": 0, "maxReplicas": 0}),
+        );
+        let fields: Vec<&str> = causes.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.minReplicas",
+                "spec.maxReplicas",
+                "spec.scaleTargetRef.name"
+            ]
+        );
+        assert_eq!(
+            causes[0].1,
+            "Invalid value: 0: must be greater than or equal to 1"
+        );
+
+        let metric = |m: Value| {
+            hpa_causes(json!({"scaleTargetRef": target, "maxReplicas": 3, "metrics": [m]}))
+        };
+        assert_eq!(
+            metric(
+                json!({"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization"}}})
+            ),
+            [(
+                "spec.metrics[0].resource.target.averageUtilization".to_string(),
+                "Required value: must set either a target raw value or a target utilization"
+                    .to_string()
+            )]
+        );
+        assert_eq!(
+            metric(json!({"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "0"}}}))[0].1,
+            "Invalid value: \"0\": must be positive"
+        );
+        assert_eq!(
+            metric(json!({"type": "Pods"}))[0],
+            (
+                "spec.metrics[0].pods".to_string(),
+                "Required value: must populate information for the given metric source".to_string()
+            )
+        );
+        assert_eq!(
+            metric(json!({"type": "Bogus"}))[0].0,
+            "spec.metrics[0].type"
+        );
+
+        let behavior = |b: Value| {
+            hpa_causes(json!({"scaleTargetRef": target, "maxReplicas": 3, "behavior": b}))
+        };
+        assert!(behavior(json!({"scaleDown": {"stabilizationWindowSeconds": 60}})).is_empty());
+        assert_eq!(
+            behavior(
+                json!({"scaleUp": {"stabilizationWindowSeconds": 4000, "policies": [{"type": "Pods", "value": 0, "periodSeconds": 15}]}})
+            ),
+            [
+                (
+                    "spec.behavior.scaleUp.stabilizationWindowSeconds".to_string(),
+                    "Invalid value: 4000: must be less than or equal to 3600".to_string()
+                ),
+                (
+                    "spec.behavior.scaleUp.policies[0].value".to_string(),
+                    "Invalid value: 0: must be greater than zero".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn hpas_get_the_v2_defaults() {
+        let registry = Registry::with_builtins();
+        let info = registry
+            .get("autoscaling", "v2", "horizontalpodautoscalers")
+            .unwrap();
+        let mut obj =
+            json!({"spec": {"maxReplicas": 3, "behavior": {"scaleDown": {"selectPolicy": "Min"}}}});
+        crate::defaults::prepare_for_create(&info, &mut obj);
+        let spec = &obj["spec"];
+        assert_eq!(spec["minReplicas"], 1);
+        assert_eq!(
+            spec["metrics"][0]["resource"]["target"]["averageUtilization"],
+            80
+        );
+        assert_eq!(
+            spec["behavior"]["scaleUp"]["policies"][0],
+            json!({"type": "Pods", "value": 4, "periodSeconds": 15})
+        );
+        assert_eq!(spec["behavior"]["scaleUp"]["stabilizationWindowSeconds"], 0);
+        assert_eq!(spec["behavior"]["scaleDown"]["selectPolicy"], "Min");
+        assert!(spec["behavior"]["scaleDown"]
+            .get("stabilizationWindowSeconds")
+            .is_none());
+        // No behavior given, none set: the controller's defaults apply.
+        let mut plain = json!({"spec": {"maxReplicas": 3}});
+        crate::defaults::prepare_for_create(&info, &mut plain);
+        assert!(plain["spec"].get("behavior").is_none());
     }
 }

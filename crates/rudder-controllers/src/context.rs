@@ -28,6 +28,18 @@ pub struct ControllerOptions {
     pub node_monitor_grace_period: Duration,
     /// `--terminated-pod-gc-threshold`.
     pub terminated_pod_gc_threshold: usize,
+    /// `--horizontal-pod-autoscaler-sync-period`.
+    pub hpa_sync_period: Duration,
+    /// `--horizontal-pod-autoscaler-downscale-stabilization`: the scale-down
+    /// window of HPAs that set none.
+    pub hpa_downscale_stabilization: Duration,
+    /// `--horizontal-pod-autoscaler-tolerance`: usage ratios this close to
+    /// 1 change nothing.
+    pub hpa_tolerance: f64,
+    /// `--horizontal-pod-autoscaler-cpu-initialization-period`.
+    pub hpa_cpu_initialization_period: Duration,
+    /// `--horizontal-pod-autoscaler-initial-readiness-delay`.
+    pub hpa_initial_readiness_delay: Duration,
 }
 
 impl Default for ControllerOptions {
@@ -37,6 +49,11 @@ impl Default for ControllerOptions {
             node_cidr_mask_size: 24,
             node_monitor_grace_period: Duration::from_secs(50),
             terminated_pod_gc_threshold: 12500,
+            hpa_sync_period: Duration::from_secs(15),
+            hpa_downscale_stabilization: Duration::from_secs(300),
+            hpa_tolerance: 0.1,
+            hpa_cpu_initialization_period: Duration::from_secs(300),
+            hpa_initial_readiness_delay: Duration::from_secs(30),
         }
     }
 }

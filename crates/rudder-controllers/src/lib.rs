@@ -18,6 +18,7 @@ pub mod endpoints;
 pub mod endpointslice;
 pub mod garbage_collector;
 pub mod history;
+pub mod horizontal_pod_autoscaler;
 pub mod job;
 pub mod namespace;
 pub mod node_ipam;
@@ -69,6 +70,7 @@ pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("pv-protection", volume::protection::start_pv_protection),
     ("resourcequota", resourcequota::start),
     ("disruption", disruption::start),
+    ("horizontalpodautoscaling", horizontal_pod_autoscaler::start),
 ];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to

@@ -14,6 +14,8 @@ use crate::Context;
 
 pub struct TestCluster {
     pub client: Client,
+    /// `http://127.0.0.1:PORT`, for clients other than `client`.
+    pub url: String,
     pub ctx: Context,
     _dir: tempfile::TempDir,
 }
@@ -42,6 +44,7 @@ impl TestCluster {
         let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
         let client = Client::try_from(config).unwrap();
         TestCluster {
+            url: format!("http://{addr}"),
             ctx: Context::new(client.clone()),
             client,
             _dir: dir,
@@ -116,8 +119,8 @@ pub fn fake_kubelet(client: &Client, namespace: &str) -> tokio::task::JoinHandle
                         continue;
                     }
                     let now = rudder_apimachinery::time::now_rfc3339();
-                    let status = serde_json::json!({"status": {"phase": "Running", "conditions": [
-                        {"type": "Ready", "status": "True", "lastTransitionTime": now}]}});
+                    let status = serde_json::json!({"status": {"phase": "Running", "startTime": now,
+                        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}]}});
                     let name = pod.metadata.name.clone().unwrap_or_default();
                     let _ = api
                         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))

@@ -132,6 +132,16 @@ pub struct ControllerFlags {
     /// Finished pods beyond this count are garbage-collected (0: never).
     #[arg(long, default_value_t = 12500)]
     terminated_pod_gc_threshold: usize,
+    /// How often each HorizontalPodAutoscaler is evaluated.
+    #[arg(long, default_value = "15s", value_parser = crate::server::parse_duration)]
+    horizontal_pod_autoscaler_sync_period: std::time::Duration,
+    /// How long an HPA without its own scale-down window looks back
+    /// before scaling down.
+    #[arg(long, default_value = "5m", value_parser = crate::server::parse_duration)]
+    horizontal_pod_autoscaler_downscale_stabilization: std::time::Duration,
+    /// Usage ratios within this distance of 1 do not rescale.
+    #[arg(long, default_value_t = 0.1)]
+    horizontal_pod_autoscaler_tolerance: f64,
 }
 
 impl ControllerFlags {
@@ -141,6 +151,10 @@ impl ControllerFlags {
             node_cidr_mask_size: self.node_cidr_mask_size,
             node_monitor_grace_period: self.node_monitor_grace_period,
             terminated_pod_gc_threshold: self.terminated_pod_gc_threshold,
+            hpa_sync_period: self.horizontal_pod_autoscaler_sync_period,
+            hpa_downscale_stabilization: self.horizontal_pod_autoscaler_downscale_stabilization,
+            hpa_tolerance: self.horizontal_pod_autoscaler_tolerance,
+            ..Default::default()
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod exec;
 pub mod logs;
 pub mod portforward;
 pub mod spdy;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -57,6 +58,7 @@ pub async fn serve(
 /// The kubelet's routes over any runtime service.
 pub fn router(runtime: Arc<dyn RuntimeService>) -> Router {
     Router::new()
+        .merge(stats::routes(runtime.clone()))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(logs::container_logs),
