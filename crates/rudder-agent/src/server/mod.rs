@@ -9,6 +9,9 @@
 //! - `GET|POST /portForward/{namespace}/{pod}` ([`portforward`]): TCP
 //!   connections into the pod's network namespace, over SPDY/3.1 ([`spdy`]),
 //!   SPDY tunnelled in a WebSocket, or the WebSocket channel protocol.
+//! - `GET /stats/summary` ([`stats`]): the Summary API's node, pod and
+//!   container CPU and memory, which the API server serves as
+//!   `metrics.k8s.io`.
 //! - `/attach/...` answers with a clear error: the node runtime cannot
 //!   attach to a container's main process yet.
 //!
