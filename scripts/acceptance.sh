@@ -17,7 +17,10 @@ if grep -q '^scenarios that could not run' "$out"; then
 fi
 unexpected=0 documented=0
 while IFS= read -r check; do
-  if grep -Fqx -- "$check" <(grep -v '^#' "$known" | cut -d'|' -f2); then
+  # A check whose name ends in a figure in parentheses ("(2 before)") is
+  # listed without it.
+  base=${check% (*)}
+  if grep -Fqx -e "$check" -e "$base" <(grep -v '^#' "$known" | cut -d'|' -f2); then
     echo "acceptance.sh: known-wrong check failed as documented in $known: $check"
     documented=$((documented + 1))
   else

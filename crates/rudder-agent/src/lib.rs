@@ -7,6 +7,7 @@ pub mod env;
 pub mod node;
 pub mod pods;
 pub mod server;
+pub mod static_pods;
 pub mod volumes;
 
 use std::path::PathBuf;
@@ -144,6 +145,7 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
             logs_dir: config.data_dir.join("logs").join("pods"),
             node_memory: machine.memory_bytes,
             node_cpu_millis: machine.cpus * 1000,
+            manifests_dir: Some(config.data_dir.join("pod-manifests")),
         },
     );
     manager.run().await;

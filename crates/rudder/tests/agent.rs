@@ -293,6 +293,59 @@ spec:
         "7"
     );
 
+    // A static pod from the manifest directory, mirrored into the API.
+    let manifests = cluster.dir.path().join("agent").join("pod-manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("static-web.yaml"),
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: static-web, labels: {{tier: static}}}}
+spec:
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: ["sleep", "3600"]
+"#
+        ),
+    )
+    .unwrap();
+    let mirror = format!("static-web-{}", node.to_lowercase());
+    eventually(&cluster, "the mirror pod to run", 60, |c| {
+        c.jsonpath(&mirror, "{.status.phase}") == "Running"
+    });
+    assert_eq!(
+        cluster.jsonpath(&mirror, "{.metadata.ownerReferences[0].kind}"),
+        "Node"
+    );
+    let hash = cluster.jsonpath(
+        &mirror,
+        "{.metadata.annotations.kubernetes\\.io/config\\.mirror}",
+    );
+    assert_eq!(hash.len(), 32, "{hash}");
+    let static_container = cluster.jsonpath(&mirror, "{.status.containerStatuses[0].containerID}");
+    assert!(
+        static_container.starts_with("rudder://"),
+        "{static_container}"
+    );
+    // Deleting the mirror does not stop the static pod: the mirror returns.
+    let first_uid = cluster.jsonpath(&mirror, "{.metadata.uid}");
+    cluster.ok(&["delete", "pod", &mirror, "--wait=false"]);
+    eventually(
+        &cluster,
+        "a new mirror pod with the same container",
+        60,
+        |c| {
+            let uid = c.jsonpath(&mirror, "{.metadata.uid}");
+            !uid.is_empty()
+                && uid != first_uid
+                && c.jsonpath(&mirror, "{.status.containerStatuses[0].containerID}")
+                    == static_container
+        },
+    );
+
     // The agent restarts; the containers do not.
     let container_id = cluster.jsonpath("web", "{.status.containerStatuses[0].containerID}");
     cluster.stop();
@@ -312,6 +365,17 @@ spec:
         cluster.jsonpath("web", "{.status.containerStatuses[0].restartCount}"),
         "0"
     );
+
+    assert_eq!(
+        cluster.jsonpath(&mirror, "{.status.containerStatuses[0].containerID}"),
+        static_container,
+        "the static pod survives the agent's restart"
+    );
+    // Removing the manifest stops the static pod and deletes its mirror.
+    std::fs::remove_file(manifests.join("static-web.yaml")).unwrap();
+    eventually(&cluster, "the mirror pod to go", 60, |c| {
+        c.kubectl(&["get", "pod", &mirror]).1.contains("NotFound")
+    });
 
     // Deleting stops the containers and removes the pod object.
     cluster.ok(&["delete", "pod", "web", "crash", "done", "--timeout=60s"]);

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use rudder_cri::cri::{
@@ -28,9 +28,12 @@ use tokio::sync::mpsc;
 
 use self::probes::ProbeResults;
 use self::status::{ContainerRecord, PodFacts, Waiting};
+use crate::static_pods;
 
 /// How often the runtime is relisted for container state changes.
 const RELIST_PERIOD: Duration = Duration::from_secs(1);
+/// How often the static pod manifests are read (the kubelet: 20 s).
+const MANIFEST_CHECK_PERIOD: Duration = Duration::from_secs(2);
 /// How often configMap, secret and downward API volumes are refreshed.
 const VOLUME_REFRESH_PERIOD: Duration = Duration::from_secs(15);
 const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
@@ -48,6 +51,8 @@ pub struct PodManagerConfig {
     pub logs_dir: PathBuf,
     pub node_memory: i64,
     pub node_cpu_millis: i64,
+    /// The static pod manifests (`<data-dir>/pod-manifests`); None: none.
+    pub manifests_dir: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -75,6 +80,8 @@ struct Inner {
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<()>>>,
     states: Mutex<HashMap<String, PodState>>,
     probes: ProbeResults,
+    /// Static pods by uid, as read from their manifests.
+    static_pods: Mutex<HashMap<String, Arc<Pod>>>,
 }
 
 #[derive(Clone)]
@@ -150,6 +157,7 @@ impl PodManager {
                 workers: Mutex::new(HashMap::new()),
                 states: Mutex::new(HashMap::new()),
                 probes: Arc::new(Mutex::new(HashMap::new())),
+                static_pods: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -158,10 +166,20 @@ impl PodManager {
     pub async fn run(self) {
         let this = self.clone();
         self.inner.pods.on_change(move |change| {
-            if let Some(uid) = change.object().metadata.uid.clone() {
+            let pod = change.object();
+            if let Some(hash) = static_pods::mirror_hash(pod) {
+                // A mirror pod changed: its static pod may need a new one.
+                let hash = hash.to_string();
+                if this.inner.static_pods.lock().unwrap().contains_key(&hash) {
+                    this.wake(&hash);
+                }
+            } else if let Some(uid) = pod.metadata.uid.clone() {
                 this.wake(&uid);
             }
         });
+        if let Some(dir) = self.inner.config.manifests_dir.clone() {
+            tokio::spawn(self.clone().watch_manifests(dir));
+        }
         self.inner.pods.start();
         self.inner.pods.wait_synced().await;
         tracing::info!(
@@ -180,6 +198,9 @@ impl PodManager {
                 }
             }
             for pod in self.inner.pods.list() {
+                if static_pods::is_mirror(&pod) {
+                    continue;
+                }
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 if !self.inner.workers.lock().unwrap().contains_key(&uid) {
                     self.wake(&uid);
@@ -189,7 +210,7 @@ impl PodManager {
             if last_refresh.elapsed() >= VOLUME_REFRESH_PERIOD {
                 last_refresh = Instant::now();
                 for pod in self.inner.pods.list() {
-                    if pod.metadata.deletion_timestamp.is_none() {
+                    if pod.metadata.deletion_timestamp.is_none() && !static_pods::is_mirror(&pod) {
                         if let Err(e) = self.inner.volumes.refresh(&pod).await {
                             tracing::debug!(pod = ?pod.metadata.name, error = %e, "refreshing volumes");
                         }
@@ -274,8 +295,162 @@ impl PodManager {
         });
     }
 
+    /// The pod of `uid`: a static pod (with its mirror pod's status), or a
+    /// pod from the API (mirror pods are not pods to run).
     fn pod(&self, uid: &str) -> Option<Arc<Pod>> {
-        self.inner.pods.by_index(UID_INDEX, uid).into_iter().next()
+        let static_pod = self.inner.static_pods.lock().unwrap().get(uid).cloned();
+        if let Some(pod) = static_pod {
+            let mut pod = (*pod).clone();
+            pod.status = self.mirror_of(&pod).and_then(|m| m.status.clone());
+            return Some(Arc::new(pod));
+        }
+        self.inner
+            .pods
+            .by_index(UID_INDEX, uid)
+            .into_iter()
+            .find(|p| !static_pods::is_mirror(p))
+    }
+
+    /// The API's mirror pod of a static pod, if there is a current one.
+    fn mirror_of(&self, pod: &Pod) -> Option<Arc<Pod>> {
+        let uid = pod.metadata.uid.as_deref()?;
+        self.inner.pods.list().into_iter().find(|m| {
+            m.metadata.name == pod.metadata.name
+                && m.metadata.namespace == pod.metadata.namespace
+                && static_pods::mirror_hash(m) == Some(uid)
+        })
+    }
+
+    /// Follows the manifest directory: starts static pods that appear,
+    /// restarts changed ones (a new uid), stops removed ones, and keeps one
+    /// current mirror pod for each in the API.
+    async fn watch_manifests(self, dir: PathBuf) {
+        let mut reported: HashMap<PathBuf, String> = HashMap::new();
+        loop {
+            let node = self.inner.config.node_name.clone();
+            let read_dir = dir.clone();
+            let manifests =
+                unlimited_blocking(move || static_pods::read_manifests(&read_dir, &node)).await;
+            let mut current: HashMap<String, Arc<Pod>> = HashMap::new();
+            for manifest in manifests {
+                match manifest.pod {
+                    Ok(pod) => {
+                        reported.remove(&manifest.path);
+                        current.insert(config::uid(&pod), Arc::new(pod));
+                    }
+                    Err(message) => {
+                        // Said once per distinct problem, not every pass.
+                        if reported.get(&manifest.path) != Some(&message) {
+                            tracing::warn!(manifest = %manifest.path.display(), %message, "ignoring a static pod manifest");
+                            reported.insert(manifest.path.clone(), message);
+                        }
+                    }
+                }
+            }
+            let (added, removed) = {
+                let mut known = self.inner.static_pods.lock().unwrap();
+                let added: Vec<String> = current
+                    .keys()
+                    .filter(|uid| !known.contains_key(*uid))
+                    .cloned()
+                    .collect();
+                let removed: Vec<String> = known
+                    .keys()
+                    .filter(|uid| !current.contains_key(*uid))
+                    .cloned()
+                    .collect();
+                *known = current.clone();
+                (added, removed)
+            };
+            for uid in added.iter().chain(&removed) {
+                self.wake(uid);
+            }
+            if self.inner.pods.has_synced() {
+                self.sync_mirror_pods(&current).await;
+            }
+            tokio::time::sleep(MANIFEST_CHECK_PERIOD).await;
+        }
+    }
+
+    /// Creates missing mirror pods and deletes stale ones (of a changed or
+    /// removed manifest, or deleted by a user: those come back).
+    async fn sync_mirror_pods(&self, static_pods: &HashMap<String, Arc<Pod>>) {
+        let node_name = self.inner.config.node_name.clone();
+        for mirror in self.inner.pods.list() {
+            let Some(hash) = static_pods::mirror_hash(&mirror) else {
+                continue;
+            };
+            let current = static_pods.get(hash).is_some_and(|p| {
+                p.metadata.name == mirror.metadata.name
+                    && p.metadata.namespace == mirror.metadata.namespace
+            });
+            if current && mirror.metadata.deletion_timestamp.is_none() {
+                continue;
+            }
+            let api: Api<Pod> = Api::namespaced(
+                self.inner.client.clone(),
+                mirror.metadata.namespace.as_deref().unwrap_or("default"),
+            );
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: mirror.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match api
+                .delete(mirror.metadata.name.as_deref().unwrap_or_default(), &params)
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => {
+                    tracing::warn!(pod = ?mirror.metadata.name, error = %e, "deleting a stale mirror pod")
+                }
+            }
+        }
+        let mut node_uid = None;
+        for (uid, pod) in static_pods {
+            let exists = self.inner.pods.list().into_iter().any(|p| {
+                p.metadata.name == pod.metadata.name
+                    && p.metadata.namespace == pod.metadata.namespace
+                    && p.metadata.deletion_timestamp.is_none()
+            });
+            if exists {
+                continue;
+            }
+            if node_uid.is_none() {
+                let nodes: Api<k8s_openapi::api::core::v1::Node> =
+                    Api::all(self.inner.client.clone());
+                match nodes.get(&node_name).await {
+                    Ok(node) => node_uid = node.metadata.uid,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reading the node for mirror pods");
+                        return;
+                    }
+                }
+            }
+            let mirror =
+                static_pods::mirror_pod(pod, &node_name, node_uid.as_deref().unwrap_or_default());
+            let api: Api<Pod> = Api::namespaced(
+                self.inner.client.clone(),
+                pod.metadata.namespace.as_deref().unwrap_or("default"),
+            );
+            match api.create(&PostParams::default(), &mirror).await {
+                Ok(_) => {
+                    // The new mirror has no status yet: report it afresh.
+                    if let Some(state) = self.inner.states.lock().unwrap().get_mut(uid) {
+                        state.last_status = None;
+                    }
+                    self.wake(uid);
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => {
+                    tracing::warn!(pod = ?pod.metadata.name, error = %e, "creating a mirror pod")
+                }
+            }
+        }
     }
 
     /// The runtime's containers of a pod, with their statuses.
