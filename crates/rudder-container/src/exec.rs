@@ -117,6 +117,15 @@ fn run_stage2(state_dir: &Path, process_file: &Path) -> Result<std::convert::Inf
     ] {
         join(pid, kind, flag)?;
     }
+    if process.terminal() == Some(true) {
+        // The caller gave a pseudo-terminal's slave as stdio: a new session
+        // with it as the controlling terminal, so the shell gets job
+        // control and ^C reaches the foreground process group.
+        nix::unistd::setsid().context(|| "starting a session for the terminal".into())?;
+        rustix::process::ioctl_tiocsctty(std::io::stdin())
+            .map_err(std::io::Error::from)
+            .context(|| "making stdin the controlling terminal".into())?;
+    }
     let cwd = process.cwd();
     let cwd = if cwd.as_os_str().is_empty() {
         Path::new("/")

@@ -503,8 +503,16 @@ pub trait RuntimeService: Send + Sync {
     fn exec_sync(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<ExecSyncResult>;
     /// A command that runs `cmd` in the container with `env` added; the
     /// caller wires its stdio (streaming exec) and spawns it. Its exit status
-    /// is the command's.
-    fn exec(&self, id: &str, cmd: &[String], env: &[KeyValue]) -> Result<std::process::Command>;
+    /// is the command's. With `tty`, the command's stdin must be the slave
+    /// side of a pseudo-terminal: the command becomes a session leader with
+    /// it as its controlling terminal (and gets `TERM=xterm` unless set).
+    fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+        env: &[KeyValue],
+        tty: bool,
+    ) -> Result<std::process::Command>;
 
     /// Connects to `port` on the loopback address of the sandbox's network
     /// namespace (the host's for a host-network pod): CRI's `PortForward`,

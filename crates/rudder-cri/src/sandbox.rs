@@ -954,7 +954,7 @@ impl RuntimeService for NodeRuntime {
     }
 
     fn exec_sync(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<ExecSyncResult> {
-        let mut command = RuntimeService::exec(self, id, cmd, &[])?;
+        let mut command = RuntimeService::exec(self, id, cmd, &[], false)?;
         // Its own process group, so a timeout kills the stage inside the
         // container too, not only the stage that joined it.
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
@@ -1006,18 +1006,31 @@ impl RuntimeService for NodeRuntime {
         })
     }
 
-    fn exec(&self, id: &str, cmd: &[String], env: &[KeyValue]) -> Result<std::process::Command> {
+    fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+        env: &[KeyValue],
+        tty: bool,
+    ) -> Result<std::process::Command> {
         self.cri_container(id)?;
         if cmd.is_empty() {
             return Err(CriError::Invalid("exec needs a command".into()));
         }
         let mut process = self.containers().process(id)?;
         process.set_args(Some(cmd.to_vec()));
+        process.set_terminal(Some(tty));
         let mut vars = process.env().clone().unwrap_or_default();
-        let extra: Vec<(String, String)> = env
+        let mut extra: Vec<(String, String)> = env
             .iter()
             .map(|kv| (kv.key.clone(), kv.value.clone()))
             .collect();
+        // As containerd does for a terminal: programs need a TERM to draw.
+        let has_term = vars.iter().any(|v| v.starts_with("TERM="))
+            || extra.iter().any(|(name, _)| name == "TERM");
+        if tty && !has_term {
+            extra.push(("TERM".into(), "xterm".into()));
+        }
         vars = spec::merge_env(&vars, &extra);
         process.set_env(Some(vars));
         Ok(self.containers().exec(id, &process)?)

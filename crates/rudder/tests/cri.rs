@@ -247,6 +247,7 @@ fn exec_sync_returns_output_and_exit_code_and_status_records_the_exit() {
                 key: "GREETING".into(),
                 value: "hi".into(),
             }],
+            false,
         )
         .unwrap();
     let output = env_cmd.output().unwrap();

@@ -826,3 +826,58 @@ async fn port_forward_over_the_websocket_channel_protocol() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_with_a_terminal() {
+    if !Path::new(KUBECTL).exists() {
+        panic!("{KUBECTL} is needed for this test");
+    }
+    let node = Node::start().await;
+    let (_api_dir, api_addr, pods) = api_server_for(&node).await;
+    pods.create(
+        &kube::api::PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "shell"},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": BUSYBOX}]},
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let sandbox = node.pod("default", "shell").await;
+    node.run(&sandbox, "c", 0, &["sleep", "1000"]).await;
+    let home = tempfile::tempdir().unwrap();
+
+    // kubectl allocates a terminal only when its own stdin is one: `script`
+    // runs it on a pseudo-terminal and types our input into it.
+    let kubectl = format!("{KUBECTL} --server=http://{api_addr} exec -it shell -- sh",);
+    let mut child = tokio::process::Command::new("script")
+        .args(["-qec", &kubectl, "/dev/null"])
+        .env("HOME", home.path())
+        .env("KUBECONFIG", home.path().join("none"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child.stdin.take().unwrap();
+    // Give kubectl time to connect before typing (what is typed earlier
+    // waits in the terminal anyway).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stdin
+        .write_all(b"[ -t 0 ] && [ -t 1 ] && echo terminals-$((1+1)); echo term:$TERM:; exit 5\n")
+        .await
+        .unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("kubectl exec -it ends")
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    // The terminal echoes what is typed: the checks look for what only the
+    // commands' output contains.
+    assert!(out.contains("terminals-2"), "{out}");
+    assert!(out.contains("term:xterm:"), "{out}");
+    assert_eq!(output.status.code(), Some(5), "{out}");
+}

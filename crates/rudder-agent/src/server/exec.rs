@@ -72,12 +72,6 @@ pub async fn exec(
         Ok(options) => options,
         Err(message) => return text_error(StatusCode::BAD_REQUEST, message),
     };
-    if options.tty {
-        return text_error(
-            StatusCode::BAD_REQUEST,
-            "a TTY is not supported by this node's container runtime yet: run the command without -t/--tty",
-        );
-    }
     if options.command.is_empty() {
         return text_error(
             StatusCode::BAD_REQUEST,
@@ -114,7 +108,11 @@ pub async fn exec(
     let runtime = state.runtime.clone();
     let id = current.id.clone();
     upgrade.on_upgrade(move |socket| async move {
-        run_exec(socket, protocol, runtime, id, options).await;
+        if options.tty {
+            run_exec_tty(socket, protocol, runtime, id, options).await;
+        } else {
+            run_exec(socket, protocol, runtime, id, options).await;
+        }
     })
 }
 
@@ -197,7 +195,7 @@ async fn run_exec(
 
     let command = {
         let (runtime, id, argv) = (runtime.clone(), id.clone(), options.command.clone());
-        tokio::task::spawn_blocking(move || runtime.exec(&id, &argv, &[])).await
+        tokio::task::spawn_blocking(move || runtime.exec(&id, &argv, &[], false)).await
     };
     let command = match command {
         Ok(Ok(command)) => command,
@@ -287,6 +285,218 @@ async fn run_exec(
     let status = match status {
         Ok(status) => status,
         Err(e) => return finish(out_tx, writer, channel::internal_error(&e.to_string())).await,
+    };
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let result = if code == 0 {
+        channel::success()
+    } else {
+        channel::non_zero_exit(&options.command, code)
+    };
+    finish(out_tx, writer, result).await;
+}
+
+/// The master side of a pseudo-terminal. Reads happen on a thread of its
+/// own (a terminal is a blocking file, and tokio registers raw descriptors
+/// only through `unsafe`); that thread polls so it can stop, and the
+/// terminal hangs up (SIGHUP to its session) once every handle is dropped.
+#[derive(Clone)]
+struct PtyMaster(Arc<std::os::fd::OwnedFd>);
+
+impl PtyMaster {
+    /// Copies what the terminal prints to `out` until every slave
+    /// descriptor is closed (EIO) or `stop` is set.
+    fn spawn_reader(
+        &self,
+        out: mpsc::Sender<Vec<u8>>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        use std::os::fd::AsFd;
+        let fd = self.0.clone();
+        std::thread::Builder::new()
+            .name("exec-tty".into())
+            .spawn(move || {
+                let mut buffer = vec![0u8; 32 * 1024];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut poll = [nix::poll::PollFd::new(
+                        fd.as_fd(),
+                        nix::poll::PollFlags::POLLIN,
+                    )];
+                    match nix::poll::poll(&mut poll, nix::poll::PollTimeout::from(200u16)) {
+                        Ok(0) => continue,
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    match nix::unistd::read(&*fd, &mut buffer) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if out
+                                .blocking_send(channel::frame(channel::STDOUT, &buffer[..n]))
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+    }
+
+    /// Types `data` into the terminal.
+    async fn write_all(&self, data: Vec<u8>) -> std::io::Result<()> {
+        let fd = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut data = &data[..];
+            while !data.is_empty() {
+                match nix::unistd::write(&*fd, data) {
+                    Ok(n) => data = &data[n..],
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(std::io::Error::from(e)),
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    fn resize(&self, size: channel::TerminalSize) -> std::io::Result<()> {
+        rustix::termios::tcsetwinsize(
+            &*self.0,
+            rustix::termios::Winsize {
+                ws_row: size.height,
+                ws_col: size.width,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            },
+        )
+        .map_err(std::io::Error::from)
+    }
+}
+
+/// Runs the command on a pseudo-terminal (`kubectl exec -t`): its output
+/// (stdout and stderr alike, as a terminal shows them) goes on the stdout
+/// channel, stdin is typed into the terminal, resize messages size it.
+async fn run_exec_tty(
+    socket: WebSocket,
+    protocol: Protocol,
+    runtime: Arc<dyn RuntimeService>,
+    id: String,
+    options: StreamOptions,
+) {
+    let (sink, mut stream) = socket.split();
+    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(32);
+    let writer = tokio::spawn(write_messages(sink, out_rx));
+    let _ = out_tx.send(vec![channel::STDOUT]).await;
+
+    let fail = |e: &dyn std::fmt::Display| channel::internal_error(&e.to_string());
+    let pty = match nix::pty::openpty(None, None) {
+        Ok(pty) => pty,
+        Err(e) => {
+            return finish(out_tx, writer, fail(&format!("allocating a terminal: {e}"))).await
+        }
+    };
+    let command = {
+        let (runtime, id, argv) = (runtime.clone(), id.clone(), options.command.clone());
+        tokio::task::spawn_blocking(move || runtime.exec(&id, &argv, &[], true)).await
+    };
+    let command = match command {
+        Ok(Ok(command)) => command,
+        Ok(Err(e)) => return finish(out_tx, writer, fail(&e)).await,
+        Err(e) => return finish(out_tx, writer, fail(&e)).await,
+    };
+    let stdio = |fd: &std::os::fd::OwnedFd| fd.try_clone().map(Stdio::from);
+    let (stdin, stdout, stderr) = match (stdio(&pty.slave), stdio(&pty.slave)) {
+        (Ok(a), Ok(b)) => (a, b, Stdio::from(pty.slave)),
+        (Err(e), _) | (_, Err(e)) => return finish(out_tx, writer, fail(&e)).await,
+    };
+    let mut command = tokio::process::Command::from(command);
+    command.process_group(0);
+    command.stdin(stdin).stdout(stdout).stderr(stderr);
+    let spawned = command.spawn();
+    // The command holds the only slave descriptors now: once it and its
+    // children are gone, reading the master ends.
+    drop(command);
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => return finish(out_tx, writer, fail(&e)).await,
+    };
+    let master = PtyMaster(Arc::new(pty.master));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let output = match master.spawn_reader(out_tx.clone(), stop.clone()) {
+        Ok(thread) => thread,
+        Err(e) => {
+            let _ = child.kill().await;
+            return finish(out_tx, writer, fail(&e)).await;
+        }
+    };
+
+    let input = master.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            let data = match message {
+                Message::Binary(data) => data,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            match channel::decode(protocol, &data) {
+                Ok(Inbound::Stdin(bytes)) if options.stdin => {
+                    if input.write_all(bytes).await.is_err() {
+                        break;
+                    }
+                }
+                // The end of input on a terminal is ^D.
+                Ok(Inbound::CloseStdin) if options.stdin => {
+                    let _ = input.write_all(vec![4]).await;
+                }
+                Ok(Inbound::Resize(size)) => {
+                    if let Err(e) = input.resize(size) {
+                        tracing::debug!(error = %e, "resizing an exec terminal");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "ignoring an exec client message"),
+            }
+        }
+    });
+    let reader_abort = reader.abort_handle();
+    drop(master);
+    let group = child.id();
+    let finished = async {
+        let status = child.wait().await;
+        // What the command printed last is still in the terminal; a
+        // background process keeping the terminal open is not waited for.
+        let drained = tokio::task::spawn_blocking(move || {
+            let _ = output.join();
+        });
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(500), drained).await;
+        status
+    };
+    tokio::pin!(finished);
+    let status = tokio::select! {
+        status = &mut finished => status,
+        _ = reader => {
+            // The client is gone: the reader thread stops, the last master
+            // handle closes and the terminal hangs up (SIGHUP to the
+            // command's session); the stage that started it is killed.
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(pid) = group {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            return;
+        }
+    };
+    reader_abort.abort();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let status = match status {
+        Ok(status) => status,
+        Err(e) => return finish(out_tx, writer, fail(&e)).await,
     };
     use std::os::unix::process::ExitStatusExt;
     let code = status
