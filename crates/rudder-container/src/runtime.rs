@@ -44,6 +44,10 @@ pub struct CreateOptions {
     /// Give the container a stdin FIFO (`<root>/<id>/stdin`) a client can
     /// write to ([`Runtime::open_stdin`]); else its stdin is /dev/null.
     pub stdin: bool,
+    /// With `stdin`: the container's stdin never reaches end-of-file while it
+    /// runs, whoever writes or stops writing (Kubernetes' `stdinOnce: false`);
+    /// else it ends once every writer closed the FIFO.
+    pub stdin_keep_open: bool,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -123,6 +127,7 @@ impl Runtime {
             log_max_size: options.log_max_size.unwrap_or(10 << 20),
             log_max_files: options.log_max_files.unwrap_or(5),
             stdin: options.stdin,
+            stdin_keep_open: options.stdin && options.stdin_keep_open,
             labels: options.labels,
         };
         state.save(&dir)?;

@@ -179,8 +179,11 @@ fn run(state_dir: &Path) -> Result<()> {
     // stdout/stderr into pipes the shim copies to the log.
     let stdin = if state.stdin {
         let fifo = state_dir.join(STDIN_FIFO);
+        // Read-write when stdin stays open: the container is then a writer
+        // of its own FIFO, so writers coming and going never end its input.
         let file = fs::OpenOptions::new()
             .read(true)
+            .write(state.stdin_keep_open)
             .custom_flags_nonblock()
             .open(&fifo)
             .context(|| format!("opening {}", fifo.display()))?;

@@ -132,6 +132,10 @@ pub struct State {
     /// The container reads its stdin from the FIFO `stdin` in its state dir.
     #[serde(default)]
     pub stdin: bool,
+    /// The container holds its stdin FIFO open for writing too, so it never
+    /// sees end-of-file (`stdinOnce: false`).
+    #[serde(default)]
+    pub stdin_keep_open: bool,
     /// Caller-defined labels (the CRI layer keeps pod and container names here).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -236,6 +240,7 @@ mod tests {
             log_max_size: 0,
             log_max_files: 0,
             stdin: false,
+            stdin_keep_open: false,
             labels: BTreeMap::new(),
         };
         state.save(dir.path()).unwrap();

@@ -309,6 +309,9 @@ pub struct ContainerConfig {
     /// Relative to the sandbox's `log_directory`.
     pub log_path: String,
     pub stdin: bool,
+    /// The container's stdin ends when the first attached client closes it
+    /// (else it never ends while the container runs).
+    pub stdin_once: bool,
     pub linux: LinuxContainerConfig,
 }
 
@@ -518,6 +521,11 @@ pub trait RuntimeService: Send + Sync {
     /// namespace (the host's for a host-network pod): CRI's `PortForward`,
     /// done in-process instead of through a streaming URL.
     fn port_forward(&self, sandbox_id: &str, port: u16) -> Result<std::net::TcpStream>;
+
+    /// The container's stdin for writing (`attach`); an error when it was
+    /// not created with `stdin`. A `stdin_once` container's input ends once
+    /// every writer closed it.
+    fn open_stdin(&self, id: &str) -> Result<std::fs::File>;
 
     fn container_stats(&self, id: &str) -> Result<ContainerStats>;
     fn list_container_stats(&self, filter: &ContainerStatsFilter) -> Result<Vec<ContainerStats>>;

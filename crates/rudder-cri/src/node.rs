@@ -47,6 +47,8 @@ pub struct NodeRuntime {
 pub struct RunOptions {
     pub log_path: Option<PathBuf>,
     pub stdin: bool,
+    /// See `rudder_container::runtime::RunOptions::stdin_keep_open`.
+    pub stdin_keep_open: bool,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -120,6 +122,7 @@ impl NodeRuntime {
                 log_max_size: None,
                 log_max_files: None,
                 stdin: options.stdin,
+                stdin_keep_open: options.stdin_keep_open,
                 labels,
             },
         );

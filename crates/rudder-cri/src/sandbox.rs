@@ -868,6 +868,7 @@ impl RuntimeService for NodeRuntime {
             RunOptions {
                 log_path: log_path.clone(),
                 stdin: config.stdin,
+                stdin_keep_open: config.stdin && !config.stdin_once,
                 labels,
             },
         )?;
@@ -1034,6 +1035,16 @@ impl RuntimeService for NodeRuntime {
         vars = spec::merge_env(&vars, &extra);
         process.set_env(Some(vars));
         Ok(self.containers().exec(id, &process)?)
+    }
+
+    fn open_stdin(&self, id: &str) -> Result<std::fs::File> {
+        let (record, _) = self.cri_container(id)?;
+        if !record.config.stdin {
+            return Err(CriError::Invalid(format!(
+                "container {id} was not created with stdin: its spec has no stdin: true"
+            )));
+        }
+        Ok(self.containers().open_stdin(id)?)
     }
 
     fn port_forward(&self, sandbox_id: &str, port: u16) -> Result<std::net::TcpStream> {

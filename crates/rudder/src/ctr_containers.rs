@@ -202,6 +202,8 @@ pub fn run(data_dir: &std::path::Path, args: RunArgs) -> anyhow::Result<i32> {
         RunOptions {
             log_path: None,
             stdin: attach,
+            // `ctr run` ends the container's input when its own ends.
+            stdin_keep_open: false,
             labels,
         },
     )?;

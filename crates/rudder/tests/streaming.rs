@@ -881,3 +881,89 @@ async fn kubectl_exec_with_a_terminal() {
     assert!(out.contains("term:xterm:"), "{out}");
     assert_eq!(output.status.code(), Some(5), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_attach_to_a_containers_stdio() {
+    if !Path::new(KUBECTL).exists() {
+        panic!("{KUBECTL} is needed for this test");
+    }
+    let node = Node::start().await;
+    let (_api_dir, api_addr, pods) = api_server_for(&node).await;
+    pods.create(
+        &kube::api::PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "reader"},
+            "spec": {"nodeName": "node-a", "containers": [
+                {"name": "c", "image": BUSYBOX, "stdin": true, "stdinOnce": true}
+            ]},
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    // kubectl attach wants a Running pod.
+    pods.patch_status(
+        "reader",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .unwrap();
+    // A stdinOnce container, created as the agent creates it: its input is
+    // held open until the first attach is over.
+    let (sandbox_id, sandbox_config) = node.pod("default", "reader").await;
+    let config = ContainerConfig {
+        metadata: ContainerMetadata {
+            name: "c".into(),
+            attempt: 0,
+        },
+        image: ImageSpec::new(BUSYBOX),
+        command: [
+            "sh",
+            "-c",
+            "read line; echo got-$line; echo err-$line >&2; cat",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        log_path: "c/0.log".into(),
+        stdin: true,
+        stdin_once: true,
+        ..Default::default()
+    };
+    let runtime = node.runtime.clone();
+    let id = tokio::task::spawn_blocking(move || {
+        let id = RuntimeService::create_container(&*runtime, &sandbox_id, &config, &sandbox_config)
+            .unwrap();
+        rudder_agent::server::attach::hold_stdin(
+            &id,
+            RuntimeService::open_stdin(&*runtime, &id).unwrap(),
+        );
+        runtime.start_container(&id).unwrap();
+        id
+    })
+    .await
+    .unwrap();
+    // Nobody attached yet: the container waits for its input.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        node.runtime.container_status(&id).unwrap().state,
+        ContainerState::ContainerRunning
+    );
+
+    let home = tempfile::tempdir().unwrap();
+    // The line, then the end of kubectl's input: `cat` sees the end of a
+    // stdinOnce input and the container exits, which ends the attach.
+    let (code, out, err) = kubectl(
+        api_addr,
+        home.path(),
+        &["attach", "-i", "reader", "-c", "c"],
+        Some("hello\nmore\n"),
+    )
+    .await;
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("got-hello\n"), "{out:?} {err}");
+    assert!(out.contains("more\n"), "{out:?} {err}");
+    assert!(err.contains("err-hello"), "{out:?} {err}");
+    node.wait_exited(&id).await;
+}

@@ -306,6 +306,7 @@ pub fn container_config(
         annotations: BTreeMap::new(),
         log_path: format!("{}/{attempt}.log", container.name),
         stdin: container.stdin == Some(true),
+        stdin_once: container.stdin_once == Some(true),
         linux: LinuxContainerConfig {
             resources: container_resources(pod, container, node_memory),
             security_context: LinuxContainerSecurityContext {

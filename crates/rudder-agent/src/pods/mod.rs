@@ -1142,6 +1142,14 @@ impl PodManager {
         let scfg = sandbox_config.clone();
         let created = blocking(move || {
             let id = RuntimeService::create_container(&*runtime, &sid, &cfg, &scfg)?;
+            if cfg.stdin && cfg.stdin_once {
+                // Input that ends after the first attach must not end before
+                // it: the agent writes nothing but holds the FIFO open until
+                // that attach is over.
+                if let Ok(file) = RuntimeService::open_stdin(&*runtime, &id) {
+                    crate::server::attach::hold_stdin(&id, file);
+                }
+            }
             let started = RuntimeService::start_container(&*runtime, &id);
             Ok::<_, rudder_cri::CriError>((id, started))
         })

@@ -1,6 +1,5 @@
 //! `/exec/{namespace}/{pod}/{container}`: a command in a running container,
-//! its stdio carried over a WebSocket in the [`channel`] protocol; plus the
-//! `attach` endpoint, which this node cannot serve yet.
+//! its stdio carried over a WebSocket in the [`channel`] protocol.
 //!
 //! Like the kubelet, the request is checked before the upgrade, and refusals
 //! are plain text with an HTTP code (client-go shows them as
@@ -116,30 +115,10 @@ pub async fn exec(
     })
 }
 
-/// `GET|POST /attach/{namespace}/{pod}/{container}`: refused with a clear
-/// error once the request is known to be well formed.
-pub async fn attach(
-    State(state): State<ServerState>,
-    Path((namespace, pod, container)): Path<(String, String, String)>,
-    RawQuery(query): RawQuery,
-) -> Response {
-    if let Err(message) = parse_stream_options(query.as_deref()) {
-        return text_error(StatusCode::BAD_REQUEST, message);
-    }
-    match pod_containers(&state.runtime, &namespace, &pod, &container).await {
-        Err(Lookup::NoPod) => text_error(StatusCode::NOT_FOUND, "pod does not exist"),
-        Err(Lookup::Runtime(e)) => text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Ok(_) => text_error(
-            StatusCode::BAD_REQUEST,
-            "attach is not supported by this node's container runtime yet: a container's main process has no streams to attach to; use kubectl logs -f or kubectl exec",
-        ),
-    }
-}
-
 /// The WebSocket upgrade of `request`, with a channel protocol negotiated;
 /// a plain-text refusal for anything else (SPDY upgrades included).
 #[allow(clippy::result_large_err)]
-async fn websocket(request: Request) -> Result<(Protocol, WebSocketUpgrade), Response> {
+pub(crate) async fn websocket(request: Request) -> Result<(Protocol, WebSocketUpgrade), Response> {
     let (mut parts, _body): (_, Body) = request.into_parts();
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
         .await
@@ -511,7 +490,7 @@ async fn run_exec_tty(
 }
 
 /// Sends the final Status on the error channel, then closes the connection.
-async fn finish(
+pub(crate) async fn finish(
     out_tx: mpsc::Sender<Vec<u8>>,
     writer: tokio::task::JoinHandle<()>,
     status: serde_json::Value,
@@ -550,7 +529,7 @@ async fn copy_output(
 }
 
 /// Writes the queued messages, then closes normally once every sender is done.
-async fn write_messages(
+pub(crate) async fn write_messages(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut out: mpsc::Receiver<Vec<u8>>,
 ) {

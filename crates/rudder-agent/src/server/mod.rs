@@ -12,8 +12,9 @@
 //! - `GET /stats/summary` ([`stats`]): the Summary API's node, pod and
 //!   container CPU and memory, which the API server serves as
 //!   `metrics.k8s.io`.
-//! - `/attach/...` answers with a clear error: the node runtime cannot
-//!   attach to a container's main process yet.
+//! - `GET|POST /attach/{namespace}/{pod}/{container}` ([`attach`]): the
+//!   output of a container's main process from now on, and its stdin when
+//!   the container has one, over the same WebSocket protocols as exec.
 //!
 //! Plain HTTP for now: no TLS and no authentication or authorization of the
 //! caller (the kubelet's serving certificate, client certificates and
@@ -24,6 +25,7 @@
 //! turns a log 400 into a BadRequest Status carrying that text; client-go
 //! prints a refused upgrade as `unable to upgrade connection: <text>`).
 
+pub mod attach;
 pub mod channel;
 pub mod exec;
 pub mod logs;
@@ -72,7 +74,7 @@ pub fn router(runtime: Arc<dyn RuntimeService>) -> Router {
         )
         .route(
             "/attach/{namespace}/{pod}/{container}",
-            get(exec::attach).post(exec::attach),
+            get(attach::attach).post(attach::attach),
         )
         .route(
             "/portForward/{namespace}/{pod}",
