@@ -489,7 +489,9 @@ impl PodManager {
     }
 
     async fn sync(&self, uid: &str) -> anyhow::Result<Next> {
+        let begin = Instant::now();
         let (sandboxes, records) = self.records(uid).await?;
+        tracing::trace!(pod_uid = %uid, ms = begin.elapsed().as_millis() as u64, "runtime state read");
         let Some(pod) = self.pod(uid) else {
             if sandboxes.is_empty() && records.is_empty() {
                 return Ok(Next::Done);
@@ -567,7 +569,10 @@ impl PodManager {
                 let id = old.id.clone();
                 let _ = blocking(move || RuntimeService::remove_pod_sandbox(&*runtime, &id)).await;
             }
-            if let Err(e) = self.inner.volumes.setup(&pod).await {
+            let begin = Instant::now();
+            let mounted = self.inner.volumes.setup(&pod).await;
+            tracing::debug!(pod = ?pod.metadata.name, ms = begin.elapsed().as_millis() as u64, "volumes set up");
+            if let Err(e) = mounted {
                 self.inner.recorder.record(
                     &*pod,
                     EventType::Warning,
@@ -581,7 +586,9 @@ impl PodManager {
             std::fs::create_dir_all(&log_dir).ok();
             let runtime = self.inner.runtime.clone();
             let cfg = sandbox_config.clone();
+            let begin = Instant::now();
             let id = blocking(move || RuntimeService::run_pod_sandbox(&*runtime, &cfg)).await;
+            tracing::debug!(pod = ?pod.metadata.name, ms = begin.elapsed().as_millis() as u64, "sandbox started");
             let id = match id {
                 Ok(id) => id,
                 Err(e) => {
@@ -596,7 +603,10 @@ impl PodManager {
                 }
             };
             if spec.host_network != Some(true) {
-                if let Err(e) = self.setup_network(&id).await {
+                let begin = Instant::now();
+                let network = self.setup_network(&id).await;
+                tracing::debug!(pod = ?pod.metadata.name, ms = begin.elapsed().as_millis() as u64, "network set up");
+                if let Err(e) = network {
                     self.inner.recorder.record(
                         &*pod,
                         EventType::Warning,
@@ -769,8 +779,10 @@ impl PodManager {
             }
         }
 
+        let begin = Instant::now();
         let (_, records) = self.records(uid).await?;
         self.report(&pod, &records, pod_ip, true).await?;
+        tracing::debug!(pod = ?pod.metadata.name, ms = begin.elapsed().as_millis() as u64, "status reported");
         Ok(Next::After(requeue))
     }
 
@@ -1140,6 +1152,7 @@ impl PodManager {
         let runtime = self.inner.runtime.clone();
         let sid = sandbox_id.to_string();
         let scfg = sandbox_config.clone();
+        let begin = Instant::now();
         let created = blocking(move || {
             let id = RuntimeService::create_container(&*runtime, &sid, &cfg, &scfg)?;
             if cfg.stdin && cfg.stdin_once {
@@ -1154,6 +1167,7 @@ impl PodManager {
             Ok::<_, rudder_cri::CriError>((id, started))
         })
         .await;
+        tracing::debug!(pod = ?pod.metadata.name, container = %container.name, ms = begin.elapsed().as_millis() as u64, "container created and started");
         self.clear_waiting(pod, &container.name);
         let id = match created {
             Ok((id, Ok(()))) => id,
