@@ -260,11 +260,13 @@ impl EvictionManager {
 
     /// Evicts one pod unless it is critical; whether it was.
     async fn evict(&self, pod: &Arc<Pod>, message: String, node_pressure: bool) -> bool {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
         if rank::is_critical(pod) {
-            tracing::warn!(pod = ?pod.metadata.name, "eviction: cannot evict a critical pod");
+            tracing::warn!(pod = %name, %namespace, "eviction: cannot evict a critical pod");
             return false;
         }
-        tracing::info!(pod = ?pod.metadata.name, namespace = ?pod.metadata.namespace, %message, "evicting pod");
+        tracing::info!(pod = %name, %namespace, %message, "evicting pod");
         self.pods.evict(
             pod,
             Eviction {
