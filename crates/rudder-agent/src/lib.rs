@@ -4,6 +4,7 @@
 //! other; it runs inside `rudder server` or alone as `rudder agent`.
 
 pub mod env;
+pub mod eviction;
 pub mod node;
 pub mod pods;
 pub mod server;
@@ -37,6 +38,9 @@ pub struct AgentConfig {
     /// The address the node is reached at (default: the source address of
     /// the default route).
     pub node_ip: Option<std::net::IpAddr>,
+    /// Node-pressure eviction: hard thresholds (`--eviction-hard`), how
+    /// often they are checked, how long pressure is reported after.
+    pub eviction: eviction::EvictionConfig,
 }
 
 /// Runs the agent until the process ends.
@@ -88,6 +92,8 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         });
     }
 
+    let pressure = eviction::NodePressure::default();
+    let thresholds = &config.eviction.thresholds;
     let node_config = node::NodeConfig {
         name: name.clone(),
         control_plane: config.control_plane,
@@ -95,7 +101,17 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         kubelet_port,
         reserved_cpu_millis: 0,
         reserved_memory: 0,
-        eviction_memory: 100 << 20,
+        eviction_memory: eviction::thresholds::reserved(
+            thresholds,
+            eviction::Signal::MemoryAvailable,
+            machine.memory_bytes,
+        ),
+        eviction_ephemeral_storage: eviction::thresholds::reserved(
+            thresholds,
+            eviction::Signal::NodeFsAvailable,
+            machine.ephemeral_storage_bytes,
+        ),
+        pressure: pressure.clone(),
         max_pods: 110,
     };
     let registered = loop {
@@ -120,7 +136,12 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let nodes: Api<Node> = Api::all(client.clone());
             loop {
-                tokio::time::sleep(Duration::from_secs(60)).await;
+                // A pressure change is reported at once, as the kubelet
+                // reports a changed status on its next 10 s update.
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    () = node_config.pressure.changed() => {}
+                }
                 if let Ok(node) = nodes.get(&node_config.name).await {
                     if let Err(e) =
                         node::update_status(&client, &node_config, &machine, &node).await
@@ -133,6 +154,7 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
     }
 
     let network = pod_network(&client, &name, &config).await;
+    let node_runtime = runtime.clone();
     let host_ip = machine.address.to_string();
     let manager = pods::PodManager::new(
         client,
@@ -147,6 +169,16 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
             node_cpu_millis: machine.cpus * 1000,
             manifests_dir: Some(config.data_dir.join("pod-manifests")),
         },
+    );
+    tokio::spawn(
+        eviction::EvictionManager::new(
+            config.eviction.clone(),
+            manager.clone(),
+            node_runtime,
+            pressure,
+            config.data_dir.clone(),
+        )
+        .run(),
     );
     manager.run().await;
     Ok(())

@@ -16,6 +16,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Owne
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 
+use crate::eviction::Pressure;
+
 /// What the agent says about its node.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -29,6 +31,10 @@ pub struct NodeConfig {
     pub reserved_memory: i64,
     /// The hard eviction threshold the kubelet keeps free (memory.available<100Mi).
     pub eviction_memory: i64,
+    /// Likewise for the node's disk (nodefs.available<10%).
+    pub eviction_ephemeral_storage: i64,
+    /// The pressure conditions the eviction manager observes.
+    pub pressure: crate::eviction::NodePressure,
     pub max_pods: i64,
 }
 
@@ -206,10 +212,9 @@ pub fn node_status(config: &NodeConfig, machine: &Machine, old: &[NodeCondition]
         "memory".to_string(),
         ki(machine.memory_bytes - config.reserved_memory - config.eviction_memory),
     );
-    // The kubelet's nodefs.available<10% hard threshold.
     allocatable.insert(
         "ephemeral-storage".to_string(),
-        ki(machine.ephemeral_storage_bytes / 10 * 9),
+        ki(machine.ephemeral_storage_bytes - config.eviction_ephemeral_storage),
     );
     allocatable.insert("pods".to_string(), quantity(config.max_pods));
     let keep = |c: NodeCondition| -> NodeCondition {
@@ -224,28 +229,48 @@ pub fn node_status(config: &NodeConfig, machine: &Machine, old: &[NodeCondition]
             None => c,
         }
     };
+    let pressure = |kind: Pressure, under: [&str; 2], free: [&str; 2]| {
+        let (status, [reason, message]) = if config.pressure.has(kind) {
+            ("True", under)
+        } else {
+            ("False", free)
+        };
+        keep(condition(
+            kind.condition_type(),
+            status,
+            reason,
+            message,
+            &now,
+        ))
+    };
     let conditions = vec![
-        keep(condition(
-            "MemoryPressure",
-            "False",
-            "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available",
-            &now,
-        )),
-        keep(condition(
-            "DiskPressure",
-            "False",
-            "KubeletHasNoDiskPressure",
-            "kubelet has no disk pressure",
-            &now,
-        )),
-        keep(condition(
-            "PIDPressure",
-            "False",
-            "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available",
-            &now,
-        )),
+        pressure(
+            Pressure::Memory,
+            [
+                "KubeletHasInsufficientMemory",
+                "kubelet has insufficient memory available",
+            ],
+            [
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            ],
+        ),
+        pressure(
+            Pressure::Disk,
+            ["KubeletHasDiskPressure", "kubelet has disk pressure"],
+            ["KubeletHasNoDiskPressure", "kubelet has no disk pressure"],
+        ),
+        pressure(
+            Pressure::Pid,
+            [
+                "KubeletHasInsufficientPID",
+                "kubelet has insufficient PID available",
+            ],
+            [
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            ],
+        ),
         keep(condition(
             "Ready",
             "True",
@@ -421,6 +446,8 @@ mod tests {
             reserved_cpu_millis: 100,
             reserved_memory: 0,
             eviction_memory: 100 << 20,
+            eviction_ephemeral_storage: 1 << 30,
+            pressure: Default::default(),
             max_pods: 110,
         };
         let machine = Machine {
@@ -446,10 +473,39 @@ mod tests {
         let labels = node.metadata.labels.unwrap();
         assert_eq!(labels["node-role.kubernetes.io/control-plane"], "true");
         assert_eq!(labels["kubernetes.io/hostname"], "n");
-        assert!(status
-            .conditions
-            .unwrap()
+        let conditions = status.conditions.unwrap();
+        assert!(conditions
             .iter()
             .any(|c| c.type_ == "Ready" && c.status == "True"));
+        assert!(conditions
+            .iter()
+            .any(|c| c.type_ == "MemoryPressure" && c.status == "False"));
+        assert_eq!(
+            status.allocatable.as_ref().unwrap()["ephemeral-storage"].0,
+            format!("{}Ki", (9i64 << 30) / 1024)
+        );
+
+        // Under pressure, the conditions say so as the kubelet words it.
+        config
+            .pressure
+            .set([Pressure::Memory, Pressure::Pid].into());
+        let conditions = node_status(&config, &machine, &conditions)
+            .conditions
+            .unwrap();
+        let of = |kind: &str| conditions.iter().find(|c| c.type_ == kind).unwrap();
+        assert_eq!(of("MemoryPressure").status, "True");
+        assert_eq!(
+            of("MemoryPressure").reason.as_deref(),
+            Some("KubeletHasInsufficientMemory")
+        );
+        assert_eq!(
+            of("MemoryPressure").message.as_deref(),
+            Some("kubelet has insufficient memory available")
+        );
+        assert_eq!(of("DiskPressure").status, "False");
+        assert_eq!(
+            of("PIDPressure").reason.as_deref(),
+            Some("KubeletHasInsufficientPID")
+        );
     }
 }

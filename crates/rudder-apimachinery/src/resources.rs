@@ -69,6 +69,15 @@ impl Amount {
         }
     }
 
+    /// A whole number of bytes, written with binary suffixes (`80Mi`), as
+    /// `resource.NewQuantity(n, resource.BinarySI)` makes it.
+    pub fn from_bytes(n: i64) -> Amount {
+        Amount {
+            nanos: i128::from(n) * NANO,
+            format: Format::BinarySI,
+        }
+    }
+
     /// Parses the quantity syntax exactly; fractions finer than a
     /// billionth round up, as Kubernetes rounds them.
     pub fn parse(text: &str) -> Option<Amount> {
@@ -868,6 +877,10 @@ mod tests {
         assert_eq!(q("1e3").to_string(), "1e3");
         assert_eq!(q("0.5Ki").to_string(), "512");
         assert_eq!(q("100Mi").value(), 100 << 20);
+        assert_eq!(Amount::from_bytes(81920 * 1024).to_string(), "80Mi");
+        assert_eq!(Amount::from_bytes(123_457).to_string(), "123457");
+        assert_eq!(Amount::from_bytes(2000).to_string(), "2000");
+        assert_eq!(Amount::from_bytes(1000).to_string(), "1k");
         assert_eq!(q("1n").milli_value(), 1, "milli values round up");
         assert_eq!(q("1Gi").add(&q("1G")).to_string(), "2073741824");
         assert_eq!(

@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -19,6 +20,22 @@ pub struct AgentFlags {
     /// The Linux bridge pods attach to.
     #[arg(long, default_value = "rudder0")]
     bridge_name: String,
+    /// Hard eviction thresholds, as the kubelet's flag:
+    /// `signal<quantity|percent` statements separated by commas (signals:
+    /// memory.available, nodefs.available, nodefs.inodesFree,
+    /// imagefs.available, imagefs.inodesFree, pid.available).
+    #[arg(
+        long,
+        default_value = "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%"
+    )]
+    eviction_hard: String,
+    /// How long a pressure condition stays after its threshold was last
+    /// crossed.
+    #[arg(long, default_value = "5m", value_parser = crate::server::parse_duration)]
+    eviction_pressure_transition_period: Duration,
+    /// How often the eviction thresholds are checked.
+    #[arg(long, default_value = "10s", value_parser = crate::server::parse_duration, hide = true)]
+    eviction_monitoring_interval: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -64,6 +81,12 @@ pub fn config(
         binary: crate::self_exe(),
         bridge: flags.bridge_name.clone(),
         node_ip: None,
+        eviction: rudder_agent::eviction::EvictionConfig {
+            thresholds: rudder_agent::eviction::thresholds::parse_hard(&flags.eviction_hard)
+                .context("invalid --eviction-hard")?,
+            monitoring_interval: flags.eviction_monitoring_interval,
+            pressure_transition_period: flags.eviction_pressure_transition_period,
+        },
     })
 }
 

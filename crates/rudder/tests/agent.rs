@@ -19,14 +19,18 @@ struct Cluster {
     server: Option<Child>,
 }
 
-/// Flags that keep this test's node apart from any other on the host.
-const NODE_FLAGS: [&str; 6] = [
+/// Flags that keep this test's node apart from any other on the host; and
+/// no disk eviction thresholds, so a nearly full disk on the test machine
+/// does not evict the test's pods (`agent_eviction.rs` tests eviction).
+const NODE_FLAGS: [&str; 8] = [
     "--cluster-cidr",
     "10.78.0.0/16",
     "--bridge-name",
     "rdtagent0",
     "--agent-port",
     "0",
+    "--eviction-hard",
+    "memory.available<100Mi",
 ];
 
 impl Cluster {

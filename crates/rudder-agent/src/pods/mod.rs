@@ -5,6 +5,7 @@
 //! kubelet's PLEG) that notices containers changing state.
 
 pub mod config;
+pub mod evict;
 pub mod probes;
 pub mod status;
 
@@ -26,6 +27,7 @@ use rudder_runtime::events::{EventRecorder, EventType};
 use rudder_runtime::informer::Informer;
 use tokio::sync::mpsc;
 
+pub use self::evict::Eviction;
 use self::probes::ProbeResults;
 use self::status::{ContainerRecord, PodFacts, Waiting};
 use crate::static_pods;
@@ -67,6 +69,7 @@ struct PodState {
     waiting: BTreeMap<String, Waiting>,
     last_status: Option<PodStatus>,
     init_failed: bool,
+    eviction: Option<evict::EvictionState>,
 }
 
 struct Inner {
@@ -504,6 +507,11 @@ impl PodManager {
         };
         if pod.metadata.deletion_timestamp.is_some() {
             return self.terminate(&pod, &sandboxes, &records).await;
+        }
+        if let Some(eviction) = self.eviction_of(uid, &pod) {
+            return self
+                .sync_evicted(&pod, &sandboxes, &records, eviction)
+                .await;
         }
         let spec = pod.spec.clone().unwrap_or_default();
         let restart_policy = spec
