@@ -181,10 +181,13 @@ impl FromStr for Signal {
     }
 }
 
-/// The hard thresholds the kubelet applies on Linux when none are given.
+/// The hard thresholds applied when none are given: k3s's (the kubelet's
+/// memory and inode defaults, but 5% for both filesystems where the kubelet
+/// says 10% and 15%), because a single-binary cluster often shares one disk
+/// with everything else on the machine, as k3s does.
 pub fn default_hard() -> Vec<Threshold> {
     parse_hard(
-        "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%",
+        "memory.available<100Mi,nodefs.available<5%,nodefs.inodesFree<5%,imagefs.available<5%",
     )
     .expect("the defaults parse")
 }
@@ -320,7 +323,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_the_kubelets() {
+    fn defaults_are_k3s() {
         let defaults = default_hard();
         assert_eq!(defaults.len(), 4);
         assert_eq!(
@@ -329,7 +332,7 @@ mod tests {
         );
         assert_eq!(
             reserved(&defaults, Signal::NodeFsAvailable, 1000 << 20),
-            100 << 20
+            50 << 20
         );
         assert_eq!(reserved(&defaults, Signal::PidAvailable, 4_194_304), 0);
     }
