@@ -453,6 +453,12 @@ impl NodeRuntime {
             }
             Err(e) => return Err(e.into()),
         };
+        self.cri_container_of(state)
+    }
+
+    /// The CRI record of a container whose state was just read.
+    fn cri_container_of(&self, state: State) -> Result<(ContainerRecord, State)> {
+        let id = state.id.clone();
         let Some(sandbox_id) = state
             .labels
             .get(LABEL_SANDBOX_ID)
@@ -462,7 +468,7 @@ impl NodeRuntime {
                 "container {id:?} is not a pod's container (it was not made through the CRI)"
             )));
         };
-        let record = self.sandboxes().load_container(sandbox_id, id)?;
+        let record = self.sandboxes().load_container(sandbox_id, &id)?;
         Ok((record, state))
     }
 
@@ -522,13 +528,32 @@ impl NodeRuntime {
 
     /// Every CRI container with its record, skipping runtime containers made
     /// otherwise (`rudder ctr run`) and records of a sandbox being removed.
-    fn cri_containers(&self) -> Result<Vec<(ContainerRecord, State)>> {
+    /// The CRI containers whose runtime labels do not already rule them out
+    /// of `selector` (the pod's identity is among those labels): the records
+    /// of the others are not read at all. Callers still match `selector`.
+    fn cri_containers(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Vec<(ContainerRecord, State)>> {
         let mut out = Vec::new();
         for state in self.containers().list()? {
             if state.labels.get(LABEL_KIND).map(String::as_str) != Some(KIND_CONTAINER) {
                 continue;
             }
-            match self.cri_container(&state.id) {
+            let ruled_out = selector.iter().any(|(k, v)| {
+                [
+                    LABEL_POD_UID,
+                    LABEL_POD_NAMESPACE,
+                    LABEL_POD_NAME,
+                    LABEL_CONTAINER_NAME,
+                ]
+                .contains(&k.as_str())
+                    && state.labels.get(k).is_some_and(|have| have != v)
+            });
+            if ruled_out {
+                continue;
+            }
+            match self.cri_container_of(state.clone()) {
                 Ok(found) => out.push(found),
                 Err(e) => tracing::debug!("skipping container {}: {e}", state.id),
             }
@@ -928,7 +953,7 @@ impl RuntimeService for NodeRuntime {
 
     fn list_containers(&self, filter: &ContainerFilter) -> Result<Vec<Container>> {
         Ok(self
-            .cri_containers()?
+            .cri_containers(&filter.label_selector)?
             .into_iter()
             .map(|(record, state)| (self.status_of(&record, &state), record))
             .filter(|(status, record)| {
@@ -1093,7 +1118,7 @@ impl RuntimeService for NodeRuntime {
 
     fn list_container_stats(&self, filter: &ContainerStatsFilter) -> Result<Vec<ContainerStats>> {
         let mut out = Vec::new();
-        for (record, state) in self.cri_containers()? {
+        for (record, state) in self.cri_containers(&filter.label_selector)? {
             if filter.id.as_ref().is_some_and(|f| f != &record.id)
                 || filter
                     .pod_sandbox_id

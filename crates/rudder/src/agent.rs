@@ -23,12 +23,10 @@ pub struct AgentFlags {
     /// Hard eviction thresholds, as the kubelet's flag:
     /// `signal<quantity|percent` statements separated by commas (signals:
     /// memory.available, nodefs.available, nodefs.inodesFree,
-    /// imagefs.available, imagefs.inodesFree, pid.available).
-    #[arg(
-        long,
-        default_value = "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%"
-    )]
-    eviction_hard: String,
+    /// imagefs.available, imagefs.inodesFree, pid.available). Default, as
+    /// k3s: memory.available<100Mi,nodefs.available<5%,nodefs.inodesFree<5%,imagefs.available<5%.
+    #[arg(long)]
+    eviction_hard: Option<String>,
     /// How long a pressure condition stays after its threshold was last
     /// crossed.
     #[arg(long, default_value = "5m", value_parser = crate::server::parse_duration)]
@@ -82,8 +80,11 @@ pub fn config(
         bridge: flags.bridge_name.clone(),
         node_ip: None,
         eviction: rudder_agent::eviction::EvictionConfig {
-            thresholds: rudder_agent::eviction::thresholds::parse_hard(&flags.eviction_hard)
-                .context("invalid --eviction-hard")?,
+            thresholds: match &flags.eviction_hard {
+                Some(text) => rudder_agent::eviction::thresholds::parse_hard(text)
+                    .context("invalid --eviction-hard")?,
+                None => rudder_agent::eviction::thresholds::default_hard(),
+            },
             monitoring_interval: flags.eviction_monitoring_interval,
             pressure_transition_period: flags.eviction_pressure_transition_period,
         },
