@@ -381,22 +381,23 @@ async fn exec_over_websockets_v5_and_v4() {
     assert_eq!(session.stdout, b"abcde");
     assert_eq!(session.status.unwrap()["status"], "Success");
 
-    // Refused before the upgrade: a TTY, an unknown pod, attach, SPDY.
+    // Refused before the upgrade: an unknown pod, a terminal for a
+    // container's main process, SPDY.
     for (path, code, text) in [
-        (
-            format!("{base}?command=sh&stdin=1&stdout=1&tty=1"),
-            400,
-            "a TTY is not supported",
-        ),
         (
             "/exec/default/nope/c?command=sh&stdout=1".to_string(),
             404,
             "pod does not exist",
         ),
         (
+            "/attach/default/ex/c?stdout=1&tty=1".to_string(),
+            400,
+            "a TTY is not supported for a container's main process",
+        ),
+        (
             "/attach/default/ex/c?stdout=1".to_string(),
             400,
-            "attach is not supported",
+            "SPDY is not supported",
         ),
         (
             format!("{base}?command=true&stdout=1"),
