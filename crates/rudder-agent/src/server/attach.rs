@@ -29,8 +29,11 @@ use rudder_cri::cri::{ContainerState, RuntimeService};
 use tokio::sync::mpsc;
 
 use super::channel::{self, Inbound, Protocol};
-use super::exec::{finish, parse_stream_options, websocket, write_messages, StreamOptions};
-use super::{pod_containers, text_error, Lookup, ServerState};
+use super::exec::{
+    finish, first_channel, parse_stream_options, running_container, websocket, write_messages,
+    StreamOptions,
+};
+use super::{text_error, ServerState};
 
 /// Stdin FIFOs of `stdinOnce` containers nobody attached to yet, by
 /// container id.
@@ -65,25 +68,10 @@ pub async fn attach(
             "a TTY is not supported for a container's main process on this node: attach without -t/--tty",
         );
     }
-    let containers = match pod_containers(&state.runtime, &namespace, &pod, &container).await {
-        Ok(containers) => containers,
-        Err(Lookup::NoPod) => return text_error(StatusCode::NOT_FOUND, "pod does not exist"),
-        Err(Lookup::Runtime(e)) => {
-            return text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-        }
+    let current = match running_container(&state, &namespace, &pod, &container).await {
+        Ok(current) => current,
+        Err(response) => return response,
     };
-    let Some(current) = containers.first() else {
-        return text_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("container not found ({container:?})"),
-        );
-    };
-    if current.state != ContainerState::ContainerRunning {
-        return text_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "container is not running: cannot attach",
-        );
-    }
     let id = current.id.clone();
     let runtime = state.runtime.clone();
     let log_path = {
@@ -140,13 +128,7 @@ async fn run_attach(
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(32);
     let writer = tokio::spawn(write_messages(sink, out_rx));
-    let first = if options.stdout {
-        channel::STDOUT
-    } else if options.stderr {
-        channel::STDERR
-    } else {
-        channel::ERROR
-    };
+    let first = first_channel(&options);
     let _ = out_tx.send(vec![first]).await;
 
     let client_gone = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -77,29 +77,10 @@ pub async fn exec(
             "you must specify at least one command for the container",
         );
     }
-    let containers = match pod_containers(&state.runtime, &namespace, &pod, &container).await {
-        Ok(containers) => containers,
-        Err(Lookup::NoPod) => return text_error(StatusCode::NOT_FOUND, "pod does not exist"),
-        Err(Lookup::Runtime(e)) => {
-            return text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-        }
+    let current = match running_container(&state, &namespace, &pod, &container).await {
+        Ok(current) => current,
+        Err(response) => return response,
     };
-    let Some(current) = containers.first() else {
-        return text_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("container not found ({container:?})"),
-        );
-    };
-    if current.state != ContainerState::ContainerRunning {
-        let state = serde_json::to_value(current.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        return text_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("container is in {state} state"),
-        );
-    }
     let (protocol, upgrade) = match websocket(request).await {
         Ok(found) => found,
         Err(response) => return response,
@@ -113,6 +94,66 @@ pub async fn exec(
             run_exec(socket, protocol, runtime, id, options).await;
         }
     })
+}
+
+/// The current (newest) container named `container` of the pod, which must
+/// be running; else the kubelet's plain-text refusal.
+#[allow(clippy::result_large_err)]
+pub(crate) async fn running_container(
+    state: &ServerState,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Result<rudder_cri::cri::Container, Response> {
+    let containers = match pod_containers(&state.runtime, namespace, pod, container).await {
+        Ok(containers) => containers,
+        Err(Lookup::NoPod) => return Err(text_error(StatusCode::NOT_FOUND, "pod does not exist")),
+        Err(Lookup::Runtime(e)) => {
+            return Err(text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        }
+    };
+    let Some(current) = containers.into_iter().next() else {
+        return Err(text_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("container not found ({container:?})"),
+        ));
+    };
+    if current.state != ContainerState::ContainerRunning {
+        let state = serde_json::to_value(current.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        return Err(text_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("container is in {state} state"),
+        ));
+    }
+    Ok(current)
+}
+
+/// The channel that gets the empty message telling the client the streams
+/// are set up: the lowest output channel asked for.
+pub(crate) fn first_channel(options: &StreamOptions) -> u8 {
+    if options.stdout {
+        channel::STDOUT
+    } else if options.stderr {
+        channel::STDERR
+    } else {
+        channel::ERROR
+    }
+}
+
+/// The Status a finished command reports (128 + the signal when killed).
+fn exit_result(command: &[String], status: std::process::ExitStatus) -> serde_json::Value {
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    if code == 0 {
+        channel::success()
+    } else {
+        channel::non_zero_exit(command, code)
+    }
 }
 
 /// The WebSocket upgrade of `request`, with a channel protocol negotiated;
@@ -163,13 +204,7 @@ async fn run_exec(
 
     // The lowest output channel gets an empty message first: the client
     // knows the streams are set up.
-    let first = if options.stdout {
-        channel::STDOUT
-    } else if options.stderr {
-        channel::STDERR
-    } else {
-        channel::ERROR
-    };
+    let first = first_channel(&options);
     let _ = out_tx.send(vec![first]).await;
 
     let command = {
@@ -265,16 +300,7 @@ async fn run_exec(
         Ok(status) => status,
         Err(e) => return finish(out_tx, writer, channel::internal_error(&e.to_string())).await,
     };
-    use std::os::unix::process::ExitStatusExt;
-    let code = status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-    let result = if code == 0 {
-        channel::success()
-    } else {
-        channel::non_zero_exit(&options.command, code)
-    };
-    finish(out_tx, writer, result).await;
+    finish(out_tx, writer, exit_result(&options.command, status)).await;
 }
 
 /// The master side of a pseudo-terminal. Reads happen on a thread of its
@@ -477,16 +503,7 @@ async fn run_exec_tty(
         Ok(status) => status,
         Err(e) => return finish(out_tx, writer, fail(&e)).await,
     };
-    use std::os::unix::process::ExitStatusExt;
-    let code = status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-    let result = if code == 0 {
-        channel::success()
-    } else {
-        channel::non_zero_exit(&options.command, code)
-    };
-    finish(out_tx, writer, result).await;
+    finish(out_tx, writer, exit_result(&options.command, status)).await;
 }
 
 /// Sends the final Status on the error channel, then closes the connection.
@@ -538,8 +555,12 @@ pub(crate) async fn write_messages(
             return;
         }
     }
-    // A normal closure with its code: client-go takes a close without a
-    // status (1005) for a broken connection.
+    close_normally(&mut sink).await;
+}
+
+/// Ends a WebSocket with a normal closure and its code: client-go takes a
+/// close without a status (1005) for a broken connection.
+pub(crate) async fn close_normally(sink: &mut (impl futures::Sink<Message> + Unpin)) {
     let _ = sink
         .send(Message::Close(Some(CloseFrame {
             code: close_code::NORMAL,

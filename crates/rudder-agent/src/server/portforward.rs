@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -37,6 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use super::exec::close_normally;
 use super::spdy::{self, IncomingStream};
 use super::{query_pairs, text_error, ServerState};
 
@@ -272,12 +273,7 @@ fn websocket_byte_stream(
                     }
                 }
             }
-            let _ = sink
-                .send(Message::Close(Some(CloseFrame {
-                    code: close_code::NORMAL,
-                    reason: "".into(),
-                })))
-                .await;
+            close_normally(&mut sink).await;
         };
         // The connection is over when the SPDY side stops writing (it has
         // seen the client's end or finished every stream).
@@ -413,12 +409,7 @@ async fn serve_channels(socket: WebSocket, target: Target, ports: Vec<u16>) {
                 return;
             }
         }
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code: close_code::NORMAL,
-                reason: "".into(),
-            })))
-            .await;
+        close_normally(&mut sink).await;
     });
     let frame = |channel: usize, data: &[u8]| {
         let mut message = Vec::with_capacity(data.len() + 1);
