@@ -390,7 +390,6 @@ async fn hpa_reports_why_it_cannot_scale() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "runs the real kubectl (RUDDER_KUBECTL, default /usr/bin/kubectl)"]
 async fn kubectl_top_reads_the_metrics_api() {
     let cluster = TestCluster::start().await;
     let client = cluster.client.clone();
