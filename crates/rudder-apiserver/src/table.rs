@@ -199,6 +199,15 @@ fn columns(info: &ResourceInfo) -> Vec<Column> {
             col("Images", "string", 1),
             col("Selector", "string", 1),
         ],
+        ("autoscaling", "horizontalpodautoscalers") => vec![
+            NAME,
+            col("Reference", "string", 0),
+            col("Targets", "string", 0),
+            col("MinPods", "string", 0),
+            col("MaxPods", "integer", 0),
+            col("Replicas", "integer", 0),
+            AGE,
+        ],
         ("batch", "cronjobs") => vec![
             NAME,
             col("Schedule", "string", 0),
@@ -305,6 +314,73 @@ fn none_if_empty(text: String) -> String {
     } else {
         text
     }
+}
+
+/// An HPA's metrics as kubectl prints them: `cpu: 42%/50%` per metric, the
+/// current figure `<unknown>` until the controller reported one.
+fn hpa_targets(obj: &Value) -> String {
+    let specs = obj
+        .pointer("/spec/metrics")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let current = obj
+        .pointer("/status/currentMetrics")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let source_key = |kind: &str| match kind {
+        "Resource" => "resource",
+        "ContainerResource" => "containerResource",
+        "Pods" => "pods",
+        "Object" => "object",
+        "External" => "external",
+        _ => "",
+    };
+    let quantity = |v: &Value, utilization: &str, average: &str, value: &str| {
+        if let Some(u) = v.get(utilization).and_then(Value::as_i64) {
+            format!("{u}%")
+        } else if let Some(q) = v.get(average).and_then(Value::as_str) {
+            q.to_string()
+        } else if let Some(q) = v.get(value).and_then(Value::as_str) {
+            q.to_string()
+        } else {
+            "<unknown>".to_string()
+        }
+    };
+    let printed: Vec<String> = specs
+        .iter()
+        .map(|metric| {
+            let kind = s(metric, "/type");
+            let key = source_key(kind);
+            let source = metric.get(key).cloned().unwrap_or(Value::Null);
+            let name = source
+                .get("name")
+                .and_then(Value::as_str)
+                .or_else(|| source.pointer("/metric/name").and_then(Value::as_str))
+                .unwrap_or(kind)
+                .to_string();
+            let target = source.get("target").cloned().unwrap_or(Value::Null);
+            let target = quantity(&target, "averageUtilization", "averageValue", "value");
+            let now = current
+                .iter()
+                .find(|c| {
+                    s(c, "/type") == kind
+                        && c.get(key).is_some_and(|cs| {
+                            cs.get("name")
+                                .and_then(Value::as_str)
+                                .or_else(|| cs.pointer("/metric/name").and_then(Value::as_str))
+                                .unwrap_or(kind)
+                                == name
+                        })
+                })
+                .and_then(|c| c.pointer(&format!("/{key}/current")).cloned())
+                .map(|c| quantity(&c, "averageUtilization", "averageValue", "value"))
+                .unwrap_or_else(|| "<unknown>".to_string());
+            format!("{name}: {now}/{target}")
+        })
+        .collect();
+    none_if_empty(printed.join(", "))
 }
 
 fn cells(info: &ResourceInfo, obj: &Value, now: SystemTime) -> Vec<Value> {
@@ -657,6 +733,22 @@ fn cells(info: &ResourceInfo, obj: &Value, now: SystemTime) -> Vec<Value> {
                 json!(selector()),
             ]
         }
+        ("autoscaling", "horizontalpodautoscalers") => vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                s(obj, "/spec/scaleTargetRef/kind"),
+                s(obj, "/spec/scaleTargetRef/name")
+            )),
+            json!(hpa_targets(obj)),
+            json!(obj
+                .pointer("/spec/minReplicas")
+                .and_then(Value::as_i64)
+                .map_or("<unset>".to_string(), |m| m.to_string())),
+            json!(i(obj, "/spec/maxReplicas")),
+            json!(i(obj, "/status/currentReplicas")),
+            age,
+        ],
         ("batch", "cronjobs") => vec![
             name,
             json!(s(obj, "/spec/schedule")),
@@ -948,5 +1040,34 @@ mod tests {
         assert_eq!(cells[6], "n1");
         assert_eq!(t["columnDefinitions"][5]["priority"], 1);
         assert_eq!(t["rows"][0]["object"]["metadata"]["namespace"], "default");
+    }
+
+    #[test]
+    fn hpa_rows_show_reference_targets_and_replicas() {
+        let registry = crate::registry::Registry::with_builtins();
+        let hpas = registry
+            .get("autoscaling", "v2", "horizontalpodautoscalers")
+            .unwrap();
+        let hpa = json!({
+            "metadata": {"name": "web", "namespace": "default", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "minReplicas": 1, "maxReplicas": 5,
+                "metrics": [
+                    {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}},
+                    {"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "100Mi"}}}
+                ]
+            },
+            "status": {"currentReplicas": 3, "currentMetrics": [
+                {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 72, "averageValue": "72m"}}}
+            ]}
+        });
+        let t = table(&hpas, &[hpa], "7", None);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "Deployment/web");
+        assert_eq!(cells[2], "cpu: 72%/50%, memory: <unknown>/100Mi");
+        assert_eq!(cells[3], "1");
+        assert_eq!(cells[4], 5);
+        assert_eq!(cells[5], 3);
     }
 }
