@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
-use kube::Api;
 use rudder_cri::cri::{PodSandbox, PodSandboxState, RuntimeService};
 use rudder_runtime::events::EventType;
 
@@ -207,23 +205,7 @@ impl PodManager {
             .or_else(|| pod.status.clone())
             .unwrap_or_default();
         if status::differs(&old, &new) {
-            let api: Api<Pod> = Api::namespaced(
-                self.inner.client.clone(),
-                pod.metadata.namespace.as_deref().unwrap_or("default"),
-            );
-            let patch = serde_json::json!({ "status": new });
-            match api
-                .patch_status(
-                    pod.metadata.name.as_deref().unwrap_or_default(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.write_status(pod, &new).await?;
         }
         if let Some(state) = self.state(&uid).get_mut(&uid) {
             state.last_status = Some(new);

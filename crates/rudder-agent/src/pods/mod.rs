@@ -414,8 +414,9 @@ impl PodManager {
             }
         }
         let mut node_uid = None;
+        let api_pods = self.inner.pods.list();
         for (uid, pod) in static_pods {
-            let exists = self.inner.pods.list().into_iter().any(|p| {
+            let exists = api_pods.iter().any(|p| {
                 p.metadata.name == pod.metadata.name
                     && p.metadata.namespace == pod.metadata.namespace
                     && p.metadata.deletion_timestamp.is_none()
@@ -1446,6 +1447,13 @@ impl PodManager {
         if !status::differs(&old, &new) {
             return Ok(());
         }
+        self.write_status(pod, &new).await
+    }
+
+    /// Patches the pod's status to `new` and remembers it as the last
+    /// written; a pod already gone is not an error.
+    async fn write_status(&self, pod: &Pod, new: &PodStatus) -> anyhow::Result<()> {
+        let uid = config::uid(pod);
         let api: Api<Pod> = Api::namespaced(
             self.inner.client.clone(),
             pod.metadata.namespace.as_deref().unwrap_or("default"),
@@ -1461,7 +1469,7 @@ impl PodManager {
         {
             Ok(_) => {
                 if let Some(s) = self.state(&uid).get_mut(&uid) {
-                    s.last_status = Some(new);
+                    s.last_status = Some(new.clone());
                 }
                 Ok(())
             }
