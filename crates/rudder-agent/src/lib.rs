@@ -7,6 +7,7 @@ pub mod env;
 pub mod eviction;
 pub mod node;
 pub mod pods;
+pub mod routes;
 pub mod server;
 pub mod static_pods;
 pub mod volumes;
@@ -41,6 +42,21 @@ pub struct AgentConfig {
     /// Node-pressure eviction: hard thresholds (`--eviction-hard`), how
     /// often they are checked, how long pressure is reported after.
     pub eviction: eviction::EvictionConfig,
+    /// The whole cluster's pod network: pod traffic inside it is not
+    /// masqueraded.
+    pub cluster_cidr: rudder_network::Ipv4Cidr,
+    /// The Services' virtual address range.
+    pub service_cidr: rudder_network::Ipv4Cidr,
+    /// The cluster DNS address pods with dnsPolicy ClusterFirst use; None
+    /// makes ClusterFirst behave as Default (the kubelet without
+    /// --cluster-dns).
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
+    /// The cluster's DNS domain (`cluster.local`).
+    pub cluster_domain: String,
+    /// How pod traffic crosses nodes.
+    pub pod_network: rudder_network::PodNetworkBackend,
+    /// Mirrors, credentials, TLS and plain-HTTP registries for pulls.
+    pub registries: rudder_image::RegistriesConfig,
 }
 
 /// Runs the agent until the process ends.
@@ -58,7 +74,8 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
 
     let runtime = Arc::new(
         rudder_cri::NodeRuntime::open(&config.data_dir, config.binary.clone())
-            .context("opening the node's container runtime")?,
+            .context("opening the node's container runtime")?
+            .with_registries(config.registries.clone()),
     );
     // Air-gapped installs: tarballs dropped in <data-dir>/images.
     let import_dir = rudder_image::import_dir(&config.data_dir);
@@ -153,7 +170,20 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         });
     }
 
-    let network = pod_network(&client, &name, &config).await;
+    // One list-and-watch per kind for the agent's network services.
+    let informers = rudder_runtime::Informers::new(client.clone());
+    let network = pod_network(&client, &name, &config, machine.address).await;
+    if let (Some(network), std::net::IpAddr::V4(node_ip)) = (&network, machine.address) {
+        tokio::spawn(routes::run(
+            informers.clone(),
+            rudder_network::NodeRoutes {
+                backend: config.pod_network,
+                node_ip,
+                pod_cidr: network.config().pod_cidr,
+            },
+        ));
+    }
+    informers.start();
     let node_runtime = runtime.clone();
     let host_ip = machine.address.to_string();
     let manager = pods::PodManager::new(
@@ -190,6 +220,7 @@ async fn pod_network(
     client: &Client,
     name: &str,
     config: &AgentConfig,
+    node_ip: std::net::IpAddr,
 ) -> Option<Arc<rudder_network::PodNetwork>> {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut warned = false;
@@ -215,6 +246,19 @@ async fn pod_network(
     let mut network_config =
         rudder_network::NetworkConfig::new(pod_cidr, config.data_dir.join("network"));
     network_config.bridge = config.bridge.clone();
+    if config.cluster_cidr.contains_cidr(&pod_cidr) {
+        network_config.cluster_cidr = Some(config.cluster_cidr);
+    } else {
+        tracing::warn!(cluster_cidr = %config.cluster_cidr, pod_cidr = %pod_cidr,
+            "the node's podCIDR is outside the cluster CIDR; traffic to other nodes' pods will be masqueraded");
+    }
+    if let std::net::IpAddr::V4(ip) = node_ip {
+        // VXLAN's headers come out of the pods' MTU, as flannel does.
+        network_config.mtu = rudder_network::routes::pod_mtu(
+            config.pod_network,
+            rudder_network::routes::link_mtu_of(ip),
+        );
+    }
     // `rudder reset` finds the bridge and rules to remove from this record.
     let _ = std::fs::create_dir_all(config.data_dir.join("network"));
     let _ = std::fs::write(

@@ -24,6 +24,7 @@ mod request;
 mod rest;
 mod scale;
 mod selection;
+mod service_alloc;
 mod table;
 mod validation;
 mod watch;
@@ -40,6 +41,7 @@ use tokio::net::TcpListener;
 
 pub use error::{ApiError, FieldCause};
 pub use registry::{Registry, ResourceInfo};
+pub use service_alloc::ServiceCidr;
 
 /// The Kubernetes version this server speaks, as `/version` reports it.
 pub const KUBERNETES_VERSION: (&str, &str) = ("1", "32");
@@ -54,6 +56,8 @@ struct Inner {
     store: DynStore,
     registry: Registry,
     advertise_address: String,
+    /// Service cluster IPs and node ports.
+    services: service_alloc::ServiceAllocator,
     /// Rebuilt when custom resources come or go.
     openapi: std::sync::RwLock<Arc<openapi::OpenApi>>,
     /// The resources CRDs serve now.
@@ -75,12 +79,39 @@ impl ApiServer {
                 store,
                 registry,
                 advertise_address,
+                services: service_alloc::ServiceAllocator::new(
+                    service_alloc::DEFAULT_SERVICE_CIDR
+                        .parse()
+                        .expect("the default service CIDR parses"),
+                ),
                 openapi: std::sync::RwLock::new(Arc::new(openapi)),
                 custom: std::sync::Mutex::new(Default::default()),
                 caches: cache::WatchCaches::default(),
                 closing: tokio::sync::watch::channel(false).0,
             }),
         }
+    }
+
+    /// Services get their cluster IPs from `cidr` (default 10.43.0.0/16);
+    /// `cluster_dns` is the kube-dns Service's address (default: the
+    /// CIDR's tenth). Call before the server is cloned or served.
+    pub fn with_service_cidr(
+        mut self,
+        cidr: ServiceCidr,
+        cluster_dns: Option<std::net::Ipv4Addr>,
+    ) -> Self {
+        let mut services = service_alloc::ServiceAllocator::new(cidr);
+        if let Some(ip) = cluster_dns {
+            services = services.with_cluster_dns(ip);
+        }
+        Arc::get_mut(&mut self.inner)
+            .expect("the service CIDR is set before the server is shared")
+            .services = services;
+        self
+    }
+
+    pub(crate) fn services(&self) -> &service_alloc::ServiceAllocator {
+        &self.inner.services
     }
 
     pub fn store(&self) -> &DynStore {

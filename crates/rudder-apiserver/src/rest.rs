@@ -448,6 +448,11 @@ impl ApiServer {
         if !causes.is_empty() {
             return Err(ApiError::invalid(info, &name, causes));
         }
+        if is_service(info) {
+            self.services()
+                .allocate(self, info, &mut obj, None, query.dry_run()?)
+                .await?;
+        }
         let meta = meta_mut(&mut obj);
         meta.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
         meta.insert("generation".into(), json!(1));
@@ -691,6 +696,9 @@ impl ApiServer {
                 ));
             }
         }
+        if is_service(info) && path.subresource.is_none() {
+            crate::service_alloc::keep_allocated_values(&mut new, Some(&current));
+        }
         let causes = object::validate_meta(info, &new);
         if !causes.is_empty() {
             return Err(ApiError::invalid(info, &name, causes));
@@ -706,6 +714,11 @@ impl ApiServer {
         };
         if !causes.is_empty() {
             return Err(ApiError::invalid(info, &name, causes));
+        }
+        if is_service(info) && path.subresource.is_none() {
+            self.services()
+                .allocate(self, info, &mut new, Some(&current), dry_run)
+                .await?;
         }
         if object::spec_part(&new) != object::spec_part(&current) {
             let generation = old_meta
@@ -1619,4 +1632,8 @@ mod tests {
         assert!(decode_continue(&token, "/secrets/").is_err());
         assert!(decode_continue("garbage!", "/pods/").is_err());
     }
+}
+
+fn is_service(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && info.plural == "services"
 }

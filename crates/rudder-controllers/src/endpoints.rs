@@ -644,7 +644,7 @@ pub(crate) mod tests {
             .await
             .unwrap();
         create_service(&client, "net", json!({"metadata": {"name": "web", "labels": {"tier": "front"}},
-            "spec": {"clusterIP": "10.96.0.10", "selector": web, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}))
+            "spec": {"clusterIP": "10.43.0.50", "selector": web, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}))
         .await;
 
         let api: Api<Endpoints> = Api::namespaced(client.clone(), "net");

@@ -25,6 +25,7 @@ pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
 pub mod resourcequota;
+pub mod service_lb;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod util;
@@ -71,6 +72,7 @@ pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("resourcequota", resourcequota::start),
     ("disruption", disruption::start),
     ("horizontalpodautoscaling", horizontal_pod_autoscaler::start),
+    ("servicelb", service_lb::start),
 ];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to

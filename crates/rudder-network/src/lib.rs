@@ -9,13 +9,15 @@
 //! One module per concern, so that Services, DNS and routes to other nodes'
 //! pod CIDRs can be added beside them: [`cidr`] (the address type), [`ipam`]
 //! (host-local allocation), `bridge` (the node side), `veth` (a pod's link),
-//! [`masquerade`] (NAT and forwarding rules).
+//! [`masquerade`] (NAT and forwarding rules), [`routes`] (other nodes' pod
+//! CIDRs over host-gw or VXLAN).
 
 mod bridge;
 pub mod cidr;
 mod cmd;
 pub mod ipam;
 pub mod masquerade;
+pub mod routes;
 mod veth;
 
 use std::fs;
@@ -27,6 +29,7 @@ use std::sync::OnceLock;
 pub use cidr::Ipv4Cidr;
 pub use ipam::Ipam;
 pub use masquerade::Backend;
+pub use routes::{NodeRoutes, PeerNode, PodNetworkBackend};
 pub use veth::{host_name as host_veth_name, pod_mac, POD_IFNAME};
 
 /// The bridge's name unless configured (flannel's is `cni0`).

@@ -1,6 +1,6 @@
 //! `rudder agent`, and the agent inside `rudder server`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -34,6 +34,39 @@ pub struct AgentFlags {
     /// How often the eviction thresholds are checked.
     #[arg(long, default_value = "10s", value_parser = crate::server::parse_duration, hide = true)]
     eviction_monitoring_interval: Duration,
+    /// How pod traffic reaches other nodes: `host-gw` (routes via the
+    /// nodes' addresses; one L2 segment) or `vxlan` (encapsulated).
+    #[arg(long, default_value = "host-gw")]
+    pod_network: rudder_network::PodNetworkBackend,
+    /// The cluster DNS Service's address, written into pods'
+    /// resolv.conf (the kube-dns Service; the tenth of the service CIDR).
+    #[arg(long, default_value = "10.43.0.10")]
+    cluster_dns: Ipv4Addr,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// A registry reached over plain HTTP (`host:port`), as Docker's
+    /// `--insecure-registry`; repeat for more.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
+    /// Mirrors, credentials and TLS settings per registry (k3s'
+    /// registries.yaml format); a missing file means none.
+    #[arg(long, default_value = rudder_image::DEFAULT_REGISTRIES_CONFIG)]
+    registries_config: PathBuf,
+}
+
+/// Address ranges an agent is told, which `rudder server` takes from its
+/// own flags.
+#[derive(Clone, Debug)]
+pub struct ClusterRanges {
+    pub cluster_cidr: String,
+    pub service_cidr: String,
+}
+
+impl AgentFlags {
+    pub fn cluster_dns(&self) -> Ipv4Addr {
+        self.cluster_dns
+    }
 }
 
 #[derive(Args, Debug)]
@@ -50,6 +83,13 @@ pub struct AgentArgs {
     /// The address other nodes and the API server reach this node at.
     #[arg(long)]
     node_ip: Option<IpAddr>,
+    /// The whole cluster's pod network (every node's podCIDR is inside it):
+    /// traffic within it is not masqueraded.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
+    /// The Services' virtual address range.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    service_cidr: String,
     #[command(flatten)]
     flags: AgentFlags,
 }
@@ -69,9 +109,27 @@ fn listen_address(port: u16) -> SocketAddr {
 pub fn config(
     data_dir: &Path,
     flags: &AgentFlags,
+    ranges: &ClusterRanges,
     control_plane: bool,
 ) -> anyhow::Result<rudder_agent::AgentConfig> {
+    let mut registries = rudder_image::RegistriesConfig::load(&flags.registries_config)
+        .with_context(|| format!("reading {}", flags.registries_config.display()))?;
+    for host in &flags.insecure_registries {
+        registries.configs.entry(host.clone()).or_default().insecure = true;
+    }
     Ok(rudder_agent::AgentConfig {
+        cluster_cidr: ranges
+            .cluster_cidr
+            .parse()
+            .with_context(|| format!("invalid cluster CIDR {:?}", ranges.cluster_cidr))?,
+        service_cidr: ranges
+            .service_cidr
+            .parse()
+            .with_context(|| format!("invalid service CIDR {:?}", ranges.service_cidr))?,
+        cluster_dns: Some(flags.cluster_dns),
+        cluster_domain: flags.cluster_domain.clone(),
+        pod_network: flags.pod_network,
+        registries,
         data_dir: data_dir.to_path_buf(),
         node_name: flags.node_name.clone(),
         control_plane,
@@ -103,7 +161,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
         (None, None) => crate::client::client_from(None).await?,
     };
-    let mut config = config(&args.data_dir, &args.flags, false)?;
+    let ranges = ClusterRanges {
+        cluster_cidr: args.cluster_cidr.clone(),
+        service_cidr: args.service_cidr.clone(),
+    };
+    let mut config = config(&args.data_dir, &args.flags, &ranges, false)?;
     config.node_ip = args.node_ip;
     tokio::select! {
         result = rudder_agent::run(client, config) => result,

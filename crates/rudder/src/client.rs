@@ -145,6 +145,10 @@ pub struct ControllerFlags {
 }
 
 impl ControllerFlags {
+    pub fn cluster_cidr(&self) -> &str {
+        &self.cluster_cidr
+    }
+
     pub fn options(&self) -> rudder_controllers::ControllerOptions {
         rudder_controllers::ControllerOptions {
             cluster_cidr: self.cluster_cidr.clone(),

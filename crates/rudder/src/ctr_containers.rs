@@ -465,6 +465,10 @@ pub fn reset(data_dir: &std::path::Path) -> anyhow::Result<()> {
                 Ok(()) => network_removed = true,
                 Err(e) => eprintln!("rudder reset: pod network: {e}"),
             }
+            // Routes to other nodes' pods and the VXLAN device.
+            if let Err(e) = rudder_network::routes::remove_all() {
+                eprintln!("rudder reset: routes to other nodes: {e}");
+            }
         }
     }
     if !report.errors.is_empty() {

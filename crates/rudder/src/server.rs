@@ -41,6 +41,10 @@ pub struct ServerArgs {
     controller_flags: crate::client::ControllerFlags,
     #[command(flatten)]
     agent_flags: crate::agent::AgentFlags,
+    /// The Services' virtual address range (kube-apiserver's
+    /// --service-cluster-ip-range; k3s' default).
+    #[arg(long, default_value = "10.43.0.0/16")]
+    service_cidr: String,
     /// The scheduler's KubeSchedulerConfiguration file.
     #[arg(long)]
     scheduler_config: Option<PathBuf>,
@@ -80,7 +84,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let local = listener.local_addr()?;
-    let server = ApiServer::new(store, local.to_string());
+    let service_cidr: rudder_apiserver::ServiceCidr = args
+        .service_cidr
+        .parse()
+        .map_err(|e| anyhow::anyhow!("invalid --service-cidr: {e}"))?;
+    let server = ApiServer::new(store, local.to_string())
+        .with_service_cidr(service_cidr, Some(args.agent_flags.cluster_dns()));
     server
         .bootstrap()
         .await
@@ -124,7 +133,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     if !args.disable_agent {
         let client = crate::client::client_from(Some(&kubeconfig)).await?;
-        let config = crate::agent::config(&args.data_dir.join("agent"), &args.agent_flags, true)?;
+        let ranges = crate::agent::ClusterRanges {
+            cluster_cidr: args.controller_flags.cluster_cidr().to_owned(),
+            service_cidr: args.service_cidr.clone(),
+        };
+        let config = crate::agent::config(
+            &args.data_dir.join("agent"),
+            &args.agent_flags,
+            &ranges,
+            true,
+        )?;
         tokio::spawn(async move {
             if let Err(err) = rudder_agent::run(client, config).await {
                 tracing::error!(error = %err, "the node agent stopped");
