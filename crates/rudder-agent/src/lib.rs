@@ -63,6 +63,7 @@ pub struct AgentConfig {
 pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    restore_cgroup_mounts()?;
     let mut machine = node::Machine::probe(&config.data_dir);
     if let Some(ip) = config.node_ip {
         machine.address = ip;
@@ -211,6 +212,28 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         .run(),
     );
     manager.run().await;
+    Ok(())
+}
+
+/// Under `ip netns exec` (a node in a network namespace) the agent has a
+/// private mount namespace whose fresh /sys hides the cgroup filesystems;
+/// they are mounted again as the host has them, so the runtime finds its
+/// cgroups.
+pub fn restore_cgroup_mounts() -> anyhow::Result<()> {
+    if !matches!(
+        rudder_cgroups::Layout::detect(),
+        Err(rudder_cgroups::CgroupError::NoCgroupFs)
+    ) {
+        return Ok(());
+    }
+    let host = std::fs::read_to_string("/proc/1/mountinfo")
+        .context("no cgroup filesystem is mounted here, and the host's mounts cannot be read")?;
+    let mounted = rudder_cgroups::Layout::restore_mounts_from(&host)
+        .context("mounting the host's cgroup filesystems in this mount namespace")?;
+    tracing::info!(
+        filesystems = mounted,
+        "cgroup filesystems were hidden in this mount namespace; mounted them as the host has them"
+    );
     Ok(())
 }
 

@@ -117,6 +117,72 @@ impl Layout {
     pub fn is_v2(&self) -> bool {
         matches!(self, Layout::V2 { .. })
     }
+
+    /// Mounts in this mount namespace the cgroup filesystems that
+    /// `reference` (another namespace's mountinfo, normally
+    /// `/proc/1/mountinfo`) has at the same places: the tmpfs holding them,
+    /// then each v1 hierarchy with its controllers and the cgroup2
+    /// filesystem. The hierarchies are the host's own (mounting a v1
+    /// controller set again attaches to its existing hierarchy), so cgroups
+    /// made here are the host's.
+    ///
+    /// Needed when the agent runs under `ip netns exec`, which gives it a
+    /// private mount namespace with a fresh /sys that hides
+    /// /sys/fs/cgroup. Returns how many filesystems were mounted.
+    pub fn restore_mounts_from(reference: &str) -> Result<usize, CgroupError> {
+        let entries: Vec<MountinfoEntry<'_>> =
+            reference.lines().filter_map(parse_mountinfo_line).collect();
+        let cgroup_dirs: Vec<&MountinfoEntry<'_>> = entries
+            .iter()
+            .filter(|e| matches!(e.fstype, "cgroup" | "cgroup2"))
+            .collect();
+        let mut mounted = 0;
+        // The tmpfs that holds the v1 hierarchies' mount points.
+        for parent in entries.iter().filter(|e| {
+            e.fstype == "tmpfs" && cgroup_dirs.iter().any(|c| c.mount_point.parent() == Some(&e.mount_point))
+        }) {
+            mount_fs("tmpfs", &parent.mount_point, "tmpfs", &keep_options(parent.super_options))?;
+            mounted += 1;
+        }
+        for entry in cgroup_dirs {
+            std::fs::create_dir_all(&entry.mount_point).map_err(|source| CgroupError::Io {
+                path: entry.mount_point.clone(),
+                source,
+            })?;
+            mount_fs(
+                entry.fstype,
+                &entry.mount_point,
+                entry.fstype,
+                &keep_options(entry.super_options),
+            )?;
+            mounted += 1;
+        }
+        Ok(mounted)
+    }
+}
+
+/// Super options worth passing again (controllers, `name=`, `mode=`,
+/// `nsdelegate`…): all but the read-write flag and sizes the kernel reports.
+fn keep_options(super_options: &str) -> String {
+    super_options
+        .split(',')
+        .filter(|o| !matches!(*o, "rw" | "ro") && !o.starts_with("size=") && !o.starts_with("nr_inodes=") && !o.starts_with("inode64"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn mount_fs(source: &str, target: &Path, fstype: &str, data: &str) -> Result<(), CgroupError> {
+    nix::mount::mount(
+        Some(source),
+        target,
+        Some(fstype),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        (!data.is_empty()).then_some(data),
+    )
+    .map_err(|errno| CgroupError::Io {
+        path: target.to_path_buf(),
+        source: std::io::Error::from(errno),
+    })
 }
 
 struct MountinfoEntry<'a> {
@@ -165,6 +231,19 @@ fn unescape_octal(field: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+
+    #[test]
+    fn only_controllers_and_modes_are_passed_again() {
+        assert_eq!(keep_options("rw,cpu,cpuacct"), "cpu,cpuacct");
+        assert_eq!(keep_options("rw,name=systemd"), "name=systemd");
+        assert_eq!(keep_options("rw,size=4096k,nr_inodes=1024,mode=755,inode64"), "mode=755");
+        assert_eq!(keep_options("rw"), "");
+    }
 }
 
 #[cfg(test)]

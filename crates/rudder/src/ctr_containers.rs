@@ -444,6 +444,8 @@ pub fn reset(data_dir: &std::path::Path) -> anyhow::Result<()> {
         println!("nothing to reset at {}", agent_dir.display());
         return Ok(());
     }
+    // Under `ip netns exec` the cgroup filesystems are hidden, as for the agent.
+    rudder_agent::restore_cgroup_mounts()?;
     // The network's record, read before the data dir goes.
     let network = std::fs::read_to_string(agent_dir.join("network/config.json"))
         .ok()
