@@ -16,6 +16,9 @@ pub mod records;
 pub mod resolv;
 pub mod server;
 
+/// The DNS wire format the crate speaks (for callers' own queries).
+pub use hickory_proto as proto;
+
 pub use cluster::cluster_records;
 pub use forward::{ForwardError, Forwarder};
 pub use handler::{ClusterDns, Transport};
