@@ -159,7 +159,7 @@ impl ClusterDns {
                     response.authorities.push(records.soa());
                 }
                 Outcome::Alias { cname, target } => {
-                    response.answers.push(cname);
+                    response.answers.push(*cname);
                     hops += 1;
                     if hops > MAX_ALIAS_HOPS {
                         break;

@@ -158,7 +158,7 @@ pub(crate) enum Outcome {
         additionals: Vec<Record>,
     },
     /// The name is an alias: its CNAME, and the target to follow.
-    Alias { cname: Record, target: Name },
+    Alias { cname: Box<Record>, target: Name },
     /// The name exists, with no records of the type.
     NoData,
     /// The name does not exist.
@@ -327,7 +327,7 @@ impl Records {
                     }
                 } else {
                     Outcome::Alias {
-                        cname,
+                        cname: Box::new(cname),
                         target: target_name,
                     }
                 };
