@@ -614,16 +614,9 @@ mod tests {
         let cluster = TestCluster::start().await;
         let client = cluster.client.clone();
         namespace(&client, "net").await;
-        // A selectorless Service whose slices another component publishes
-        // (the agents' per-node kube-dns slices), and a foreign slice
-        // beside a Service this controller does manage.
-        create_service(
-            &client,
-            "kube-system",
-            json!({"metadata": {"name": "kube-dns"},
-            "spec": {"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}}),
-        )
-        .await;
+        // The API server's bootstrapped kube-dns Service has no selector:
+        // the node agents publish its slices. Beside it, a foreign slice
+        // next to a Service this controller does manage.
         let foreign = |ns: &str, name: &str, service: &str| -> EndpointSlice {
             serde_json::from_value(json!({
                 "metadata": {"name": name, "namespace": ns, "labels": {
