@@ -3,6 +3,7 @@
 //! runtime (`rudder-cri`) and reports their status. An API client like any
 //! other; it runs inside `rudder server` or alone as `rudder agent`.
 
+pub mod dns;
 pub mod env;
 pub mod eviction;
 pub mod node;
@@ -184,6 +185,21 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
             },
         ));
     }
+    match &network {
+        Some(network) => {
+            tokio::spawn(dns::run(
+                client.clone(),
+                informers.clone(),
+                dns::DnsServerConfig {
+                    node_name: name.clone(),
+                    listen: std::net::SocketAddr::new(network.gateway().into(), 53),
+                    cluster_domain: config.cluster_domain.clone(),
+                    cluster_dns: config.cluster_dns,
+                },
+            ));
+        }
+        None => tracing::warn!("no pod network: this node serves no cluster DNS"),
+    }
     informers.start();
     let node_runtime = runtime.clone();
     let host_ip = machine.address.to_string();
@@ -199,6 +215,10 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
             node_memory: machine.memory_bytes,
             node_cpu_millis: machine.cpus * 1000,
             manifests_dir: Some(config.data_dir.join("pod-manifests")),
+            dns: pods::resolv::PodDnsSettings {
+                cluster_dns: config.cluster_dns.into_iter().map(Into::into).collect(),
+                cluster_domain: config.cluster_domain.clone(),
+            },
         },
     );
     tokio::spawn(

@@ -608,4 +608,70 @@ mod tests {
         })
         .await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slices_managed_by_others_are_left_alone() {
+        let cluster = TestCluster::start().await;
+        let client = cluster.client.clone();
+        namespace(&client, "net").await;
+        // The API server's bootstrapped kube-dns Service has no selector:
+        // the node agents publish its slices. Beside it, a foreign slice
+        // next to a Service this controller does manage.
+        let foreign = |ns: &str, name: &str, service: &str| -> EndpointSlice {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": ns, "labels": {
+                    LABEL_SERVICE_NAME: service, LABEL_MANAGED_BY: "agent.rudder.io"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.42.0.1"], "conditions": {"ready": true}}],
+                "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}))
+            .unwrap()
+        };
+        for (ns, name, service) in [
+            ("kube-system", "kube-dns-n1", "kube-dns"),
+            ("net", "web-custom", "web"),
+        ] {
+            let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+            api.create(&PostParams::default(), &foreign(ns, name, service))
+                .await
+                .unwrap();
+        }
+        let controller = EndpointSliceController::new(&cluster.ctx, EndpointSliceConfig::default());
+        tokio::spawn(controller.run());
+        cluster.ctx.informers.start();
+        create_service(
+            &client,
+            "net",
+            json!({"metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}),
+        )
+        .await;
+        // The controller has synced once its own slice for web exists.
+        eventually("the controller's own slice for web", || async {
+            slices_of(&client, "net", "web")
+                .await
+                .iter()
+                .any(|s| {
+                    s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(LABEL_MANAGED_BY))
+                        == Some(&CONTROLLER_NAME.to_string())
+                })
+                .then_some(())
+        })
+        .await;
+        let names = |slices: Vec<EndpointSlice>| -> Vec<String> {
+            let mut names: Vec<String> =
+                slices.into_iter().filter_map(|s| s.metadata.name).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            names(slices_of(&client, "kube-system", "kube-dns").await),
+            ["kube-dns-n1"]
+        );
+        let web = names(slices_of(&client, "net", "web").await);
+        assert_eq!(web.len(), 2, "{web:?}");
+        assert!(web.contains(&"web-custom".to_string()));
+    }
 }

@@ -119,66 +119,14 @@ pub fn hostname(pod: &Pod) -> String {
         .to_string()
 }
 
-/// resolv.conf per dnsPolicy. Cluster DNS does not exist yet (it comes
-/// with the networking issue), so ClusterFirst falls back to the node's
-/// resolver, as the kubelet does when no cluster DNS is configured.
-pub fn dns_config(pod: &Pod) -> Option<DnsConfig> {
-    let spec = pod.spec.as_ref()?;
-    let host_network = spec.host_network == Some(true);
-    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
-    let extra = spec.dns_config.as_ref();
-    let mut config = match policy {
-        "None" => DnsConfig::default(),
-        "Default" | "ClusterFirst" | "ClusterFirstWithHostNet" => {
-            let _ = host_network;
-            host_resolv_conf()
-        }
-        _ => host_resolv_conf(),
-    };
-    if let Some(extra) = extra {
-        config
-            .servers
-            .extend(extra.nameservers.clone().unwrap_or_default());
-        config
-            .searches
-            .extend(extra.searches.clone().unwrap_or_default());
-        for option in extra.options.clone().unwrap_or_default() {
-            let name = option.name.unwrap_or_default();
-            let text = match option.value {
-                Some(v) => format!("{name}:{v}"),
-                None => name,
-            };
-            config
-                .options
-                .retain(|o| o.split(':').next() != text.split(':').next());
-            config.options.push(text);
-        }
-    }
-    Some(config)
-}
-
-/// The node's own resolver configuration.
-pub fn host_resolv_conf() -> DnsConfig {
-    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    parse_resolv_conf(&text)
-}
-
-pub fn parse_resolv_conf(text: &str) -> DnsConfig {
-    let mut config = DnsConfig::default();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        match words.next() {
-            Some("nameserver") => config.servers.extend(words.next().map(String::from)),
-            Some("search") | Some("domain") => config.searches.extend(words.map(String::from)),
-            Some("options") => config.options.extend(words.map(String::from)),
-            _ => {}
-        }
-    }
-    config
-}
-
-/// The sandbox config of a pod.
-pub fn sandbox_config(pod: &Pod, log_directory: &str, attempt: u32) -> PodSandboxConfig {
+/// The sandbox config of a pod; `dns` is its resolver configuration
+/// ([`super::resolv::pod_dns`]).
+pub fn sandbox_config(
+    pod: &Pod,
+    log_directory: &str,
+    attempt: u32,
+    dns: DnsConfig,
+) -> PodSandboxConfig {
     let spec = pod.spec.clone().unwrap_or_default();
     let pid = if spec.host_pid == Some(true) {
         NamespaceMode::Node
@@ -210,7 +158,7 @@ pub fn sandbox_config(pod: &Pod, log_directory: &str, attempt: u32) -> PodSandbo
         },
         hostname: hostname(pod),
         log_directory: log_directory.to_string(),
-        dns_config: dns_config(pod),
+        dns_config: Some(dns),
         labels,
         annotations: pod.metadata.annotations.clone().unwrap_or_default(),
         linux: LinuxPodSandboxConfig {
@@ -393,13 +341,5 @@ mod tests {
         let hosts = etc_hosts(&p, Some("10.42.0.5"));
         assert!(hosts.contains("10.42.0.5\tconfig\n"));
         assert!(hosts.contains("10.1.2.3\tdb.internal\n"));
-    }
-
-    #[test]
-    fn resolv_conf_parses() {
-        let c = parse_resolv_conf("nameserver 1.1.1.1\nsearch a b\noptions ndots:2\n");
-        assert_eq!(c.servers, ["1.1.1.1"]);
-        assert_eq!(c.searches, ["a", "b"]);
-        assert_eq!(c.options, ["ndots:2"]);
     }
 }

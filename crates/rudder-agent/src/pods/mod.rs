@@ -7,6 +7,7 @@
 pub mod config;
 pub mod evict;
 pub mod probes;
+pub mod resolv;
 pub mod status;
 
 use std::collections::{BTreeMap, HashMap};
@@ -55,6 +56,8 @@ pub struct PodManagerConfig {
     pub node_cpu_millis: i64,
     /// The static pod manifests (`<data-dir>/pod-manifests`); None: none.
     pub manifests_dir: Option<PathBuf>,
+    /// Cluster DNS and domain for pods' resolv.conf.
+    pub dns: resolv::PodDnsSettings,
 }
 
 #[derive(Default)]
@@ -552,8 +555,17 @@ impl PodManager {
             .max_by_key(|s| s.created_at)
             .map(|s| s.id.clone());
         let log_dir = self.log_dir(&pod);
-        let sandbox_config =
-            config::sandbox_config(&pod, &log_dir.to_string_lossy(), sandboxes.len() as u32);
+        let pod_dns = resolv::pod_dns(
+            &pod,
+            &self.inner.config.dns,
+            &rudder_dns::resolv::host_resolv_conf(),
+        );
+        let sandbox_config = config::sandbox_config(
+            &pod,
+            &log_dir.to_string_lossy(),
+            sandboxes.len() as u32,
+            pod_dns.config,
+        );
         if ready.is_none() {
             let finished = !records.is_empty()
                 && records.iter().all(|r| r.exited())
@@ -593,6 +605,11 @@ impl PodManager {
                 return Ok(Next::After(Some(Duration::from_secs(5))));
             }
             std::fs::create_dir_all(&log_dir).ok();
+            for warning in &pod_dns.warnings {
+                self.inner
+                    .recorder
+                    .record(&*pod, EventType::Warning, "DNSConfigForming", warning);
+            }
             let runtime = self.inner.runtime.clone();
             let cfg = sandbox_config.clone();
             let begin = Instant::now();
