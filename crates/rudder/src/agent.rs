@@ -39,9 +39,10 @@ pub struct AgentFlags {
     #[arg(long, default_value = "host-gw")]
     pod_network: rudder_network::PodNetworkBackend,
     /// The cluster DNS Service's address, written into pods'
-    /// resolv.conf (the kube-dns Service; the tenth of the service CIDR).
-    #[arg(long, default_value = "10.43.0.10")]
-    cluster_dns: Ipv4Addr,
+    /// resolv.conf (the kube-dns Service; default: the service CIDR's
+    /// tenth address, 10.43.0.10).
+    #[arg(long)]
+    cluster_dns: Option<Ipv4Addr>,
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -64,7 +65,8 @@ pub struct ClusterRanges {
 }
 
 impl AgentFlags {
-    pub fn cluster_dns(&self) -> Ipv4Addr {
+    /// The `--cluster-dns` given, if any.
+    pub fn cluster_dns(&self) -> Option<Ipv4Addr> {
         self.cluster_dns
     }
 }
@@ -117,16 +119,18 @@ pub fn config(
     for host in &flags.insecure_registries {
         registries.configs.entry(host.clone()).or_default().insecure = true;
     }
+    let service_cidr: rudder_network::Ipv4Cidr = ranges
+        .service_cidr
+        .parse()
+        .with_context(|| format!("invalid service CIDR {:?}", ranges.service_cidr))?;
+    let tenth = Ipv4Addr::from(u32::from(service_cidr.network()) + 10);
     Ok(rudder_agent::AgentConfig {
         cluster_cidr: ranges
             .cluster_cidr
             .parse()
             .with_context(|| format!("invalid cluster CIDR {:?}", ranges.cluster_cidr))?,
-        service_cidr: ranges
-            .service_cidr
-            .parse()
-            .with_context(|| format!("invalid service CIDR {:?}", ranges.service_cidr))?,
-        cluster_dns: Some(flags.cluster_dns),
+        service_cidr,
+        cluster_dns: Some(flags.cluster_dns.unwrap_or(tenth)),
         cluster_domain: flags.cluster_domain.clone(),
         pod_network: flags.pod_network,
         registries,

@@ -89,7 +89,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("invalid --service-cidr: {e}"))?;
     let server = ApiServer::new(store, local.to_string())
-        .with_service_cidr(service_cidr, Some(args.agent_flags.cluster_dns()));
+        .with_service_cidr(service_cidr, args.agent_flags.cluster_dns());
     server
         .bootstrap()
         .await

@@ -22,9 +22,11 @@ struct Cluster {
 /// Flags that keep this test's node apart from any other on the host; and
 /// no disk eviction thresholds, so a nearly full disk on the test machine
 /// does not evict the test's pods (`agent_eviction.rs` tests eviction).
-const NODE_FLAGS: [&str; 8] = [
+const NODE_FLAGS: [&str; 10] = [
     "--cluster-cidr",
     "10.78.0.0/16",
+    "--service-cidr",
+    "10.110.0.0/16",
     "--bridge-name",
     "rdtagent0",
     "--agent-port",

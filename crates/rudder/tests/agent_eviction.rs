@@ -48,6 +48,8 @@ impl Cluster {
             .args([
                 "--cluster-cidr",
                 "10.79.0.0/16",
+                "--service-cidr",
+                "10.111.0.0/16",
                 "--bridge-name",
                 "rdtevict0",
                 "--agent-port",
