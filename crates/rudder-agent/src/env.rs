@@ -1081,13 +1081,7 @@ mod tests {
                     "stringData": {"token": "s3cret", "2alsobad": "z"}}),
             )
             .await;
-        let _: Service = api
-            .create(
-                "default",
-                json!({"metadata": {"name": "kubernetes"}, "spec": {"clusterIP": "10.43.0.1",
-                    "ports": [{"name": "https", "port": 443, "targetPort": 6443}]}}),
-            )
-            .await;
+        // `default/kubernetes` (10.43.0.1:443) is the API server's own.
         let _: Service = api
             .create(
                 "app",

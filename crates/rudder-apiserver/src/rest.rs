@@ -1590,6 +1590,10 @@ pub async fn read_body(body: Body) -> ApiResult<bytes::Bytes> {
     Ok(data.freeze())
 }
 
+fn is_service(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && info.plural == "services"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1634,6 +1638,3 @@ mod tests {
     }
 }
 
-fn is_service(info: &ResourceInfo) -> bool {
-    info.group.is_empty() && info.plural == "services"
-}

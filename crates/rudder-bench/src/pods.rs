@@ -115,7 +115,17 @@ async fn start_pods(
 
 pub async fn run(args: PodsArgs) -> anyhow::Result<()> {
     let bin = server::rudder_bin(args.rudder_bin.as_deref())?;
-    let srv = server::start(None, Some(&bin), None, &["--cluster-cidr", "10.79.0.0/16", "--service-cidr", "10.112.0.0/16"])?;
+    let srv = server::start(
+        None,
+        Some(&bin),
+        None,
+        &[
+            "--cluster-cidr",
+            "10.79.0.0/16",
+            "--service-cidr",
+            "10.112.0.0/16",
+        ],
+    )?;
     let dir = srv
         .dir
         .as_ref()
