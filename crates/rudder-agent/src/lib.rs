@@ -6,6 +6,7 @@
 pub mod dns;
 pub mod env;
 pub mod eviction;
+pub mod network_policy;
 pub mod node;
 pub mod pods;
 pub mod routes;
@@ -199,6 +200,21 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
             ));
         }
         None => tracing::warn!("no pod network: this node serves no cluster DNS"),
+    }
+    if let Some(network) = &network {
+        let mut node_ips = vec![network.gateway()];
+        if let std::net::IpAddr::V4(ip) = machine.address {
+            node_ips.push(ip);
+        }
+        tokio::spawn(network_policy::run(
+            client.clone(),
+            informers.clone(),
+            network_policy::NetworkPolicyConfig {
+                node_name: name.clone(),
+                node_ips,
+                table: rudder_network::policy::DEFAULT_TABLE.to_string(),
+            },
+        ));
     }
     informers.start();
     let node_runtime = runtime.clone();
