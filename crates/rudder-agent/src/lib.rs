@@ -6,6 +6,7 @@
 pub mod dns;
 pub mod env;
 pub mod eviction;
+pub mod ingress;
 pub mod network_policy;
 pub mod node;
 pub mod pods;
@@ -216,6 +217,15 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
             },
         ));
     }
+    tokio::spawn(ingress::run(
+        client.clone(),
+        informers.clone(),
+        ingress::IngressListenConfig {
+            addresses: vec![machine.address],
+            http_port: ingress::HTTP_PORT,
+            https_port: ingress::HTTPS_PORT,
+        },
+    ));
     informers.start();
     let node_runtime = runtime.clone();
     let host_ip = machine.address.to_string();

@@ -303,22 +303,20 @@ pub fn convert_policy(np: &net::NetworkPolicy) -> (Option<policy::NetworkPolicy>
             other => problems.push(format!("spec.policyTypes: unknown type {other:?}")),
         }
     }
-    let mut convert_rules =
-        |direction: &str,
-         rules: Vec<(Option<&Vec<net::NetworkPolicyPeer>>, Option<&Vec<net::NetworkPolicyPort>>)>| {
-            let mut out = Vec::new();
-            for (i, (peers, ports)) in rules.into_iter().enumerate() {
-                let path = format!("spec.{direction}[{i}]");
-                match convert_rule(peers, ports) {
-                    Ok((rule, peer_problems)) => {
-                        problems.extend(peer_problems.into_iter().map(|p| format!("{path}: {p}")));
-                        out.push(rule);
-                    }
-                    Err(e) => problems.push(format!("{path}: {e}; the rule is ignored")),
+    let mut convert_rules = |direction: &str, rules: Vec<RawRule<'_>>| {
+        let mut out = Vec::new();
+        for (i, (peers, ports)) in rules.into_iter().enumerate() {
+            let path = format!("spec.{direction}[{i}]");
+            match convert_rule(peers, ports) {
+                Ok((rule, peer_problems)) => {
+                    problems.extend(peer_problems.into_iter().map(|p| format!("{path}: {p}")));
+                    out.push(rule);
                 }
+                Err(e) => problems.push(format!("{path}: {e}; the rule is ignored")),
             }
-            out
-        };
+        }
+        out
+    };
     let ingress = convert_rules(
         "ingress",
         spec.ingress
@@ -354,6 +352,12 @@ pub fn convert_policy(np: &net::NetworkPolicy) -> (Option<policy::NetworkPolicy>
 }
 
 type RuleParts = (policy::Rule, Vec<String>);
+
+/// A rule's peers (`from` or `to`) and ports, as the API has them.
+type RawRule<'a> = (
+    Option<&'a Vec<net::NetworkPolicyPeer>>,
+    Option<&'a Vec<net::NetworkPolicyPort>>,
+);
 
 fn convert_rule(
     peers: Option<&Vec<net::NetworkPolicyPeer>>,
@@ -644,7 +648,10 @@ mod tests {
         ));
         informers.start();
         let listing = || table_listing(table);
-        wait_for(table, "the table", |l| l.contains("ip saddr 10.83.200.1 accept")).await;
+        wait_for(table, "the table", |l| {
+            l.contains("ip saddr 10.83.200.1 accept")
+        })
+        .await;
         assert!(!listing().contains("vmap"), "no policy, no pod isolated");
 
         let _: net::NetworkPolicy = api

@@ -1148,13 +1148,17 @@ mod tests {
             let p = json!({"metadata": {"name": "p", "namespace": "net"}, "spec": spec});
             table(&policies, &[p], "7", None)["rows"][0]["cells"][1].clone()
         };
-        assert_eq!(row(json!({"podSelector": {"matchLabels": {"app": "web"}}})), "app=web");
+        assert_eq!(
+            row(json!({"podSelector": {"matchLabels": {"app": "web"}}})),
+            "app=web"
+        );
         assert_eq!(row(json!({"podSelector": {}})), "<none>");
 
         let classes = registry
             .get("networking.k8s.io", "v1", "ingressclasses")
             .unwrap();
-        let class = json!({"metadata": {"name": "rudder"}, "spec": {"controller": "rudder.io/ingress"}});
+        let class =
+            json!({"metadata": {"name": "rudder"}, "spec": {"controller": "rudder.io/ingress"}});
         let cells = &table(&classes, &[class], "7", None)["rows"][0]["cells"];
         assert_eq!(cells[1], "rudder.io/ingress");
         assert_eq!(cells[2], "<none>");

@@ -82,8 +82,10 @@ mod tests {
             json!({})
         };
         Arc::new(
-            serde_json::from_value(json!({"metadata": {"name": name, "annotations": annotations},
-                "spec": {"controller": controller}}))
+            serde_json::from_value(
+                json!({"metadata": {"name": name, "annotations": annotations},
+                "spec": {"controller": controller}}),
+            )
             .unwrap(),
         )
     }
@@ -103,7 +105,10 @@ mod tests {
         assert!(served(&named("rudder"), &ours_plain));
         assert!(!served(&named("nginx"), &other));
         assert!(served(&named("edge"), &other));
-        assert!(!served(&named("rudder"), &[class("rudder", "example.com/x", false)]));
+        assert!(!served(
+            &named("rudder"),
+            &[class("rudder", "example.com/x", false)]
+        ));
 
         assert!(served(&unnamed, &ours_default));
         assert!(!served(&unnamed, &ours_plain));

@@ -357,7 +357,10 @@ fn add_cert(certs: &mut CertStore, hosts: &[String], key: Arc<CertifiedKey>) {
         let host = host.to_ascii_lowercase();
         match host.strip_prefix("*.") {
             Some(domain) => {
-                certs.wildcard.entry(domain.to_string()).or_insert(key.clone());
+                certs
+                    .wildcard
+                    .entry(domain.to_string())
+                    .or_insert(key.clone());
             }
             None => {
                 certs.exact.entry(host).or_insert(key.clone());
@@ -375,7 +378,12 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn backend(&mut self, namespace: &str, ingress: &str, backend: &IngressBackend) -> Arc<Backend> {
+    fn backend(
+        &mut self,
+        namespace: &str,
+        ingress: &str,
+        backend: &IngressBackend,
+    ) -> Arc<Backend> {
         let Some(service) = &backend.service else {
             let message = "resource backends are not supported by the rudder ingress controller";
             self.problems.push(Problem {
@@ -430,7 +438,10 @@ impl Builder<'_> {
         port: Option<&k8s_openapi::api::networking::v1::ServiceBackendPort>,
     ) -> Result<Vec<SocketAddr>, (String, bool)> {
         let Some(service) = self.objects.service(namespace, service_name) else {
-            return Err((format!("service {namespace}/{service_name} not found"), false));
+            return Err((
+                format!("service {namespace}/{service_name} not found"),
+                false,
+            ));
         };
         let spec = service.spec.clone().unwrap_or_default();
         if spec.type_.as_deref() == Some("ExternalName") {

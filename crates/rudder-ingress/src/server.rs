@@ -85,16 +85,8 @@ impl IngressController {
 
     /// Serves `config` from now on.
     pub fn update(&self, config: IngressConfig) {
-        *self
-            .inner
-            .routes
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Arc::new(config.routes);
-        *self
-            .inner
-            .certs
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Arc::new(config.certs);
+        *self.inner.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config.routes);
+        *self.inner.certs.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config.certs);
     }
 
     /// The routes in force.
@@ -168,8 +160,13 @@ impl IngressController {
     }
 }
 
-async fn serve_connection<S>(inner: Arc<Inner>, stream: S, peer: SocketAddr, port: u16, scheme: Scheme)
-where
+async fn serve_connection<S>(
+    inner: Arc<Inner>,
+    stream: S,
+    peer: SocketAddr,
+    port: u16,
+    scheme: Scheme,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {

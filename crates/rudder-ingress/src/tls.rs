@@ -84,12 +84,11 @@ pub fn certified_key(secret: &Secret) -> Result<CertifiedKey, TlsSecretError> {
     if chain.is_empty() {
         return Err(TlsSecretError::NoCertificate);
     }
-    let key = PrivateKeyDer::from_pem_slice(field("tls.key")?).map_err(|source| {
-        TlsSecretError::Pem {
+    let key =
+        PrivateKeyDer::from_pem_slice(field("tls.key")?).map_err(|source| TlsSecretError::Pem {
             field: "tls.key",
             source,
-        }
-    })?;
+        })?;
     CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider())
         .map_err(TlsSecretError::Key)
 }
@@ -103,11 +102,7 @@ pub(crate) struct Resolver {
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let store = self
-            .store
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let store = self.store.read().unwrap_or_else(|e| e.into_inner()).clone();
         let key = store.resolve(hello.server_name());
         if key.is_none() {
             tracing::debug!(sni = ?hello.server_name(), "no certificate; refusing the handshake");

@@ -30,27 +30,29 @@ async fn backend(name: &'static str) -> SocketAddr {
                 continue;
             };
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
-                    let header = |n: &str| {
-                        req.headers()
-                            .get(n)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("-")
-                            .to_string()
-                    };
-                    let line = format!(
-                        "{name} {} {} host={} xff={} proto={} xfh={}",
-                        req.method(),
-                        req.uri().path(),
-                        header("host"),
-                        header("x-forwarded-for"),
-                        header("x-forwarded-proto"),
-                        header("x-forwarded-host"),
-                    );
-                    let body = req.into_body().collect().await.unwrap().to_bytes();
-                    let text = format!("{line} body={}", String::from_utf8_lossy(&body));
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
-                });
+                let service = hyper::service::service_fn(
+                    move |req: Request<hyper::body::Incoming>| async move {
+                        let header = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-")
+                                .to_string()
+                        };
+                        let line = format!(
+                            "{name} {} {} host={} xff={} proto={} xfh={}",
+                            req.method(),
+                            req.uri().path(),
+                            header("host"),
+                            header("x-forwarded-for"),
+                            header("x-forwarded-proto"),
+                            header("x-forwarded-host"),
+                        );
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let text = format!("{line} body={}", String::from_utf8_lossy(&body));
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -66,7 +68,9 @@ fn obj<T: serde::de::DeserializeOwned>(value: Value) -> Arc<T> {
 
 /// Service `name` (port 80 named `http`) and one slice per endpoint.
 fn service(snapshot: &mut Snapshot, name: &str, endpoints: &[(SocketAddr, bool)]) {
-    snapshot.services.push(obj(json!({"metadata": {"name": name, "namespace": "net"},
+    snapshot
+        .services
+        .push(obj(json!({"metadata": {"name": name, "namespace": "net"},
         "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "web"}]}})));
     for (i, (addr, ready)) in endpoints.iter().enumerate() {
         snapshot.slices.push(obj(json!({
@@ -165,7 +169,10 @@ async fn routes_by_host_and_path_and_answers_404_503_502() {
     ])
     .await;
     assert_eq!(status, 200);
-    assert!(body.starts_with("tea POST /tea host=cafe.example.com:80"), "{body}");
+    assert!(
+        body.starts_with("tea POST /tea host=cafe.example.com:80"),
+        "{body}"
+    );
     assert!(body.ends_with("body=two sugars"), "{body}");
 
     let (status, body) = get(port, "nope.example.com", "/").await;
@@ -174,20 +181,28 @@ async fn routes_by_host_and_path_and_answers_404_503_502() {
 
     let (status, body) = get(port, "cafe.example.com", "/empty").await;
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("no ready endpoint for net/empty:80"), "{body}");
+    assert!(
+        body.contains("no ready endpoint for net/empty:80"),
+        "{body}"
+    );
 
     let (status, body) = get(port, "cafe.example.com", "/down").await;
     assert_eq!(status, 502, "{body}");
 
     // Routes change without a restart of the listener.
-    snapshot.ingresses.push(obj(json!({"metadata": {"name": "late", "namespace": "net"},
+    snapshot.ingresses.push(obj(
+        json!({"metadata": {"name": "late", "namespace": "net"},
         "spec": {"ingressClassName": "rudder",
-            "rules": [{"host": "late.example.com", "http": {"paths": [to("tea", "/")]}}]}})));
+            "rules": [{"host": "late.example.com", "http": {"paths": [to("tea", "/")]}}]}}),
+    ));
     let (config, _) = build(&snapshot);
     controller.update(config);
     let (status, body) = get(port, "late.example.com", "/x").await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.starts_with("tea GET /x host=late.example.com"), "{body}");
+    assert!(
+        body.starts_with("tea GET /x host=late.example.com"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -206,7 +221,9 @@ fn certificate(dir: &Path, host: &str, secret: &str) -> Arc<Secret> {
     let crt = dir.join(format!("{host}.crt"));
     let key = dir.join(format!("{host}.key"));
     let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
         .args(["-subj", &format!("/CN={host}")])
         .args(["-addext", &format!("subjectAltName=DNS:{host}")])
         .arg("-keyout")
@@ -215,14 +232,24 @@ fn certificate(dir: &Path, host: &str, secret: &str) -> Arc<Secret> {
         .arg(&crt)
         .output()
         .expect("the openssl CLI");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut s: Secret = serde_json::from_value(json!({
         "metadata": {"name": secret, "namespace": "net"}, "type": "kubernetes.io/tls"}))
     .unwrap();
     s.data = Some(
         [
-            ("tls.crt".to_string(), ByteString(std::fs::read(&crt).unwrap())),
-            ("tls.key".to_string(), ByteString(std::fs::read(&key).unwrap())),
+            (
+                "tls.crt".to_string(),
+                ByteString(std::fs::read(&crt).unwrap()),
+            ),
+            (
+                "tls.key".to_string(),
+                ByteString(std::fs::read(&key).unwrap()),
+            ),
         ]
         .into(),
     );
@@ -237,10 +264,12 @@ async fn terminates_tls_with_the_certificate_the_client_names() {
     let mut snapshot = Snapshot {
         ingresses: vec![
             obj(cafe_ingress()),
-            obj(json!({"metadata": {"name": "shop", "namespace": "net", "creationTimestamp": "2024-02-01T00:00:00Z"},
+            obj(
+                json!({"metadata": {"name": "shop", "namespace": "net", "creationTimestamp": "2024-02-01T00:00:00Z"},
                 "spec": {"ingressClassName": "rudder",
                     "tls": [{"hosts": ["shop.example.com"], "secretName": "shop-tls"}],
-                    "rules": [{"host": "shop.example.com", "http": {"paths": [to("web", "/")]}}]}})),
+                    "rules": [{"host": "shop.example.com", "http": {"paths": [to("web", "/")]}}]}}),
+            ),
         ],
         secrets: vec![
             certificate(dir.path(), "cafe.example.com", "cafe-tls"),
@@ -283,7 +312,10 @@ async fn terminates_tls_with_the_certificate_the_client_names() {
     assert!(body.contains("proto=https"), "{body}");
     let (status, body) = https("shop.example.com", "shop.example.com", "/").await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.starts_with("web GET / host=shop.example.com:"), "{body}");
+    assert!(
+        body.starts_with("web GET / host=shop.example.com:"),
+        "{body}"
+    );
     let (status, _) = https("shop.example.com", "cafe.example.com", "/").await;
     assert_eq!(status, 0, "shop's certificate is not cafe's");
 

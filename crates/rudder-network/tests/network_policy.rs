@@ -10,8 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 
 use rudder_apimachinery::selector::LabelSelector;
 use rudder_network::policy::{
-    render, ClusterState, NetworkPolicy, Peer, PolicyNamespace, PolicyPod, PolicyTable,
-    PolicyType, PortMatch, PortRef, Protocol, Rule,
+    render, ClusterState, NetworkPolicy, Peer, PolicyNamespace, PolicyPod, PolicyTable, PolicyType,
+    PortMatch, PortRef, Protocol, Rule,
 };
 
 fn run(args: &[&str]) -> Output {
@@ -72,7 +72,10 @@ impl Lab {
             // forward hook only through br_netfilter
             vec!["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"],
         ] {
-            ok(&in_ns(&node, &cmd).iter().map(String::as_str).collect::<Vec<_>>());
+            ok(&in_ns(&node, &cmd)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>());
         }
         for (name, host) in PODS {
             let ns = lab.ns(name);
@@ -84,7 +87,9 @@ impl Lab {
                 "ip", "-n", &node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
                 "netns", &ns,
             ]);
-            ok(&["ip", "-n", &node, "link", "set", &veth, "master", "br0", "up"]);
+            ok(&[
+                "ip", "-n", &node, "link", "set", &veth, "master", "br0", "up",
+            ]);
             ok(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
             ok(&["ip", "-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
             ok(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
@@ -147,7 +152,8 @@ impl Lab {
     }
 
     fn node_reaches(&self, to: &str, port: u16) -> bool {
-        self.fetch_from(&self.ns("n"), to, port, 2).as_deref() == Some(format!("{to}{port}").as_str())
+        self.fetch_from(&self.ns("n"), to, port, 2).as_deref()
+            == Some(format!("{to}{port}").as_str())
     }
 
     fn state(&self, policies: Vec<NetworkPolicy>) -> ClusterState {
@@ -313,5 +319,8 @@ fn egress_allows_only_what_a_rule_names() {
     lab.install(vec![front_egress]);
     assert!(lab.reaches("front", "web", 8080));
     assert!(!lab.reaches("front", "web", 80));
-    assert!(lab.reaches("other", "web", 80), "other pods are not selected");
+    assert!(
+        lab.reaches("other", "web", 80),
+        "other pods are not selected"
+    );
 }

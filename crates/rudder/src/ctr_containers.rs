@@ -431,9 +431,9 @@ pub fn rm(data_dir: &std::path::Path, args: RmArgs) -> anyhow::Result<()> {
 
 /// `rudder reset`: everything the node's agent and runtime made, gone:
 /// containers and pod sandboxes, their mounts and cgroups, the pod network
-/// (veths, bridge, rules), the NetworkPolicy table and the agent's data. `data_dir` is an agent's
-/// data dir, or a server's (whose agent lives in `agent/`); a server's own
-/// store is kept.
+/// (veths, bridge, rules), the NetworkPolicy table and the agent's data.
+/// `data_dir` is an agent's data dir, or a server's (whose agent lives in
+/// `agent/`); a server's own store is kept.
 pub fn reset(data_dir: &std::path::Path) -> anyhow::Result<()> {
     let agent_dir = if data_dir.join("agent").is_dir() {
         data_dir.join("agent")

@@ -585,7 +585,15 @@ mod tests {
         for good in ["http", "dns-tcp", "h2c", "a1"] {
             assert!(is_port_name(good), "{good}");
         }
-        for bad in ["", "HTTP", "-http", "http-", "ht--tp", "123", "a-very-long-port-name"] {
+        for bad in [
+            "",
+            "HTTP",
+            "-http",
+            "http-",
+            "ht--tp",
+            "123",
+            "a-very-long-port-name",
+        ] {
             assert!(!is_port_name(bad), "{bad}");
         }
     }

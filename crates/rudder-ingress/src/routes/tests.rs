@@ -24,11 +24,13 @@ fn service(ns: &str, name: &str, endpoints: &[(&str, bool)]) -> (Arc<Service>, A
     let svc = obj(json!({"metadata": {"name": name, "namespace": ns},
         "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "web"},
                            {"name": "admin", "port": 9000, "targetPort": 9090}]}}));
-    let slice = obj(json!({"metadata": {"name": format!("{name}-abc"), "namespace": ns,
+    let slice = obj(
+        json!({"metadata": {"name": format!("{name}-abc"), "namespace": ns,
             "labels": {"kubernetes.io/service-name": name}},
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "admin", "port": 9090, "protocol": "TCP"}],
-        "endpoints": endpoints.iter().map(|(ip, ready)| json!({"addresses": [ip], "conditions": {"ready": ready}})).collect::<Vec<_>>()}));
+        "endpoints": endpoints.iter().map(|(ip, ready)| json!({"addresses": [ip], "conditions": {"ready": ready}})).collect::<Vec<_>>()}),
+    );
     (svc, slice)
 }
 
@@ -41,8 +43,10 @@ fn path(p: &str, kind: &str, service: &str) -> Value {
 }
 
 fn ingress(name: &str, created: &str, spec: Value) -> Arc<Ingress> {
-    obj(json!({"metadata": {"name": name, "namespace": "net", "creationTimestamp": created},
-        "spec": spec}))
+    obj(
+        json!({"metadata": {"name": name, "namespace": "net", "creationTimestamp": created},
+        "spec": spec}),
+    )
 }
 
 /// Services a..f in `net`, each with one ready endpoint 10.0.0.<n>.
@@ -96,10 +100,22 @@ fn hosts_and_paths() {
     assert_eq!(at("cafe.example.com", "/tea/"), Some('a'));
     assert_eq!(at("cafe.example.com", "/tea/green"), Some('a'));
     assert_eq!(at("cafe.example.com", "/teapot"), Some('b'), "element-wise");
-    assert_eq!(at("cafe.example.com", "/coffee"), Some('c'), "trailing / ignored");
+    assert_eq!(
+        at("cafe.example.com", "/coffee"),
+        Some('c'),
+        "trailing / ignored"
+    );
     assert_eq!(at("cafe.example.com", "/menu"), Some('d'));
-    assert_eq!(at("cafe.example.com", "/menu/x"), Some('b'), "Exact is exact");
-    assert_eq!(at("CAFE.example.com:8080", "/tea"), Some('a'), "case and port");
+    assert_eq!(
+        at("cafe.example.com", "/menu/x"),
+        Some('b'),
+        "Exact is exact"
+    );
+    assert_eq!(
+        at("CAFE.example.com:8080", "/tea"),
+        Some('a'),
+        "case and port"
+    );
     assert_eq!(at("nope.example.com", "/"), None, "unknown host: 404");
 }
 
@@ -140,13 +156,21 @@ fn wildcards_and_catch_alls() {
         ]}),
     )]);
     assert_eq!(served_by(&t, "www.example.com", "/"), Some('a'));
-    assert_eq!(served_by(&t, "api.example.com", "/v1/x"), Some('b'), "exact host first");
+    assert_eq!(
+        served_by(&t, "api.example.com", "/v1/x"),
+        Some('b'),
+        "exact host first"
+    );
     assert_eq!(
         served_by(&t, "api.example.com", "/other"),
         Some('a'),
         "a host's unmatched path falls to the wildcard"
     );
-    assert_eq!(served_by(&t, "a.b.example.com", "/"), Some('c'), "one label only");
+    assert_eq!(
+        served_by(&t, "a.b.example.com", "/"),
+        Some('c'),
+        "one label only"
+    );
     assert_eq!(served_by(&t, "example.com", "/"), Some('c'));
     assert_eq!(served_by(&t, "", "/x"), Some('c'));
 }
@@ -168,7 +192,11 @@ fn the_default_backend_takes_what_no_rule_matches() {
     ]);
     assert_eq!(served_by(&t, "h", "/x"), Some('a'));
     assert_eq!(served_by(&t, "h", "/y"), Some('e'));
-    assert_eq!(served_by(&t, "other", "/"), Some('e'), "the oldest Ingress's");
+    assert_eq!(
+        served_by(&t, "other", "/"),
+        Some('e'),
+        "the oldest Ingress's"
+    );
 }
 
 #[test]
@@ -187,9 +215,15 @@ fn only_our_class_is_served() {
     ]);
     let (config, _) = build(&s);
     assert_eq!(served_by(&config.routes, "h", "/"), None);
-    assert_eq!(served_by(&config.routes, "u", "/"), Some('b'), "rudder is the default");
+    assert_eq!(
+        served_by(&config.routes, "u", "/"),
+        Some('b'),
+        "rudder is the default"
+    );
     // Without a default class, an Ingress naming none is nobody's.
-    s.classes = vec![obj(json!({"metadata": {"name": "rudder"}, "spec": {"controller": "rudder.io/ingress"}}))];
+    s.classes = vec![obj(
+        json!({"metadata": {"name": "rudder"}, "spec": {"controller": "rudder.io/ingress"}}),
+    )];
     let (config, _) = build(&s);
     assert!(config.routes.is_empty());
 }
@@ -260,7 +294,9 @@ fn backends_that_cannot_be_served_answer_503_and_say_why() {
     // A Service not created yet is no Event; the rest are.
     let messages: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
     assert_eq!(problems.len(), 3, "{messages:?}");
-    assert!(problems.iter().all(|p| p.name == "i" && p.reason == "InvalidBackend"));
+    assert!(problems
+        .iter()
+        .all(|p| p.name == "i" && p.reason == "InvalidBackend"));
 }
 
 /// A self-signed certificate for `names` from the `openssl` CLI: (PEM
@@ -274,7 +310,17 @@ pub(crate) fn openssl_cert(names: &[&str]) -> (Vec<u8>, Vec<u8>) {
         .collect::<Vec<_>>()
         .join(",");
     let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
         .args(["-subj", &format!("/CN={}", names[0])])
         .args(["-addext", &format!("subjectAltName={san}")])
         .arg("-keyout")
@@ -283,7 +329,11 @@ pub(crate) fn openssl_cert(names: &[&str]) -> (Vec<u8>, Vec<u8>) {
         .arg(&crt)
         .output()
         .expect("the openssl CLI");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (std::fs::read(crt).unwrap(), std::fs::read(key).unwrap())
 }
 
@@ -331,7 +381,9 @@ fn certificates_by_server_name_and_bad_secrets_reported() {
         tls_secret("wild", &wild_crt, &wild_key),
         tls_secret("mismatch", &other_crt, &cafe_key),
         tls_secret("garbage", b"not pem", b"not pem"),
-        obj(json!({"metadata": {"name": "opaque", "namespace": "net"}, "data": {"password": "aHVudGVyMg=="}})),
+        obj(
+            json!({"metadata": {"name": "opaque", "namespace": "net"}, "data": {"password": "aHVudGVyMg=="}}),
+        ),
     ];
     let (config, problems) = build(&s);
     let problem = |secret: &str| {
@@ -342,19 +394,37 @@ fn certificates_by_server_name_and_bad_secrets_reported() {
             .message
             .clone()
     };
-    assert!(problem("mismatch").contains("tls.crt and tls.key"), "{}", problem("mismatch"));
-    assert!(problem("garbage").contains("no PEM certificate"), "{}", problem("garbage"));
+    assert!(
+        problem("mismatch").contains("tls.crt and tls.key"),
+        "{}",
+        problem("mismatch")
+    );
+    assert!(
+        problem("garbage").contains("no PEM certificate"),
+        "{}",
+        problem("garbage")
+    );
     assert_eq!(problem("absent"), "TLS secret net/absent not found");
-    assert!(problem("opaque").contains("no tls.crt"), "{}", problem("opaque"));
+    assert!(
+        problem("opaque").contains("no tls.crt"),
+        "{}",
+        problem("opaque")
+    );
     assert_eq!(problems.len(), 4);
-    assert!(problems.iter().all(|p| p.name == "shop" && p.reason == "InvalidTLSSecret"));
+    assert!(problems
+        .iter()
+        .all(|p| p.name == "shop" && p.reason == "InvalidTLSSecret"));
 
     let cert_of = |sni: Option<&str>| config.certs.resolve(sni).unwrap().cert[0].clone();
     let cafe = cert_of(Some("cafe.example.com"));
     let wild = cert_of(Some("a.shop.example.com"));
     assert_ne!(cafe, wild);
     assert_eq!(cert_of(Some("CAFE.example.com.")), cafe);
-    assert_eq!(cert_of(Some("a.b.shop.example.com")), cafe, "one label: fallback");
+    assert_eq!(
+        cert_of(Some("a.b.shop.example.com")),
+        cafe,
+        "one label: fallback"
+    );
     assert_eq!(cert_of(None), cafe, "the first certificate is the fallback");
 }
 

@@ -162,7 +162,10 @@ pub enum Peer {
         pod_selector: LabelSelector,
     },
     /// An address range, minus exceptions.
-    IpBlock { cidr: Ipv4Cidr, except: Vec<Ipv4Cidr> },
+    IpBlock {
+        cidr: Ipv4Cidr,
+        except: Vec<Ipv4Cidr>,
+    },
 }
 
 /// A `ports` entry.

@@ -26,8 +26,7 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use super::{
-    ClusterState, NetworkPolicy, Peer, PolicyPod, PolicyTable, PolicyType, PortMatch, PortRef,
-    Rule,
+    ClusterState, NetworkPolicy, Peer, PolicyPod, PolicyTable, PolicyType, PortMatch, PortRef, Rule,
 };
 use crate::Ipv4Cidr;
 
@@ -254,10 +253,7 @@ impl<'a> Context<'a> {
     fn egress_lines(&self, policy: &NetworkPolicy, rule: &Rule) -> Vec<String> {
         let destinations = self.address_matches(&policy.namespace, rule, Side::Destination);
         if rule.ports.is_empty() {
-            return destinations
-                .iter()
-                .map(|d| line(&[d, "return"]))
-                .collect();
+            return destinations.iter().map(|d| line(&[d, "return"])).collect();
         }
         let mut lines = Vec::new();
         for port in &rule.ports {
@@ -291,12 +287,11 @@ impl<'a> Context<'a> {
         for peer in peers {
             match peer {
                 Peer::Pods { .. } => pods.extend(self.peer_pods(namespace, peer)),
-                Peer::IpBlock { cidr, except } => pods.extend(
-                    self.state
-                        .pods
-                        .iter()
-                        .filter(|p| cidr.contains(p.ip) && !except.iter().any(|e| e.contains(p.ip))),
-                ),
+                Peer::IpBlock { cidr, except } => {
+                    pods.extend(self.state.pods.iter().filter(|p| {
+                        cidr.contains(p.ip) && !except.iter().any(|e| e.contains(p.ip))
+                    }))
+                }
             }
         }
         pods.sort_by_key(|p| p.ip);

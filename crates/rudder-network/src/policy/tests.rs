@@ -80,8 +80,20 @@ fn cluster(policies: Vec<NetworkPolicy>) -> ClusterState {
         pods: vec![
             pod("shop", "web", "10.42.1.10", &[("app", "web")], true),
             pod("shop", "db", "10.42.1.11", &[("app", "db")], true),
-            pod("shop", "front", "10.42.2.20", &[("role", "frontend")], false),
-            pod("ops", "monitor", "10.42.1.30", &[("role", "frontend")], true),
+            pod(
+                "shop",
+                "front",
+                "10.42.2.20",
+                &[("role", "frontend")],
+                false,
+            ),
+            pod(
+                "ops",
+                "monitor",
+                "10.42.1.30",
+                &[("role", "frontend")],
+                true,
+            ),
         ],
         namespaces: namespaces(),
         policies,
@@ -340,8 +352,9 @@ fn policy_types_default_from_the_rules() {
             "drop"
         ]
     );
-    assert!(c["forward"]
-        .contains(&"ip saddr vmap { 10.42.1.10 : jump egress_10_42_1_10 }".to_string()));
+    assert!(
+        c["forward"].contains(&"ip saddr vmap { 10.42.1.10 : jump egress_10_42_1_10 }".to_string())
+    );
 
     // Explicit types win: egress rules of an Ingress-only policy do nothing.
     let mut ingress_only = both.clone();
@@ -357,10 +370,7 @@ fn policy_types_default_from_the_rules() {
     assert!(c.contains_key("egress_10_42_1_10"));
 
     // No rules at all: Ingress only.
-    assert_eq!(
-        policy("shop", "p", &[]).types(),
-        vec![PolicyType::Ingress]
-    );
+    assert_eq!(policy("shop", "p", &[]).types(), vec![PolicyType::Ingress]);
 }
 
 #[test]
