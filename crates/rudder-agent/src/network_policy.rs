@@ -82,6 +82,9 @@ pub async fn run(client: Client, informers: Informers, config: NetworkPolicyConf
     // What was last reported per policy (namespace/name → message), so an
     // unchanged problem is not reported on every change of some pod.
     let mut reported: HashMap<String, String> = HashMap::new();
+    // Whether the last installation failed: said once at error level, not
+    // on every retry.
+    let mut failing = false;
     loop {
         let all_policies = policies.list();
         let mut state = ClusterState {
@@ -112,26 +115,33 @@ pub async fn run(client: Client, informers: Informers, config: NetworkPolicyConf
             }
         }
         let script = policy::render(&table, &state);
-        let mut failed = false;
         if installed.as_ref() != Some(&script) {
             match install(&table, &mut state, &all_policies, &mut problems, script).await {
                 Ok(script) => {
+                    if failing {
+                        tracing::info!("NetworkPolicy rules installed again");
+                    }
                     tracing::debug!(
                         policies = state.policies.len(),
                         "NetworkPolicy rules installed"
                     );
                     installed = Some(script);
+                    failing = false;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "installing the NetworkPolicy rules failed; retrying");
+                    if failing {
+                        tracing::debug!(error = %e, "installing the NetworkPolicy rules failed again");
+                    } else {
+                        tracing::error!(error = %e, "installing the NetworkPolicy rules failed; retrying every {}s", RETRY.as_secs());
+                    }
                     installed = None;
-                    failed = true;
+                    failing = true;
                 }
             }
         }
         report(&recorder, &mut reported, &problems);
 
-        if failed {
+        if failing {
             tokio::select! {
                 () = changed.notified() => {}
                 () = tokio::time::sleep(RETRY) => {}
