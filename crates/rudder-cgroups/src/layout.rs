@@ -139,9 +139,17 @@ impl Layout {
         let mut mounted = 0;
         // The tmpfs that holds the v1 hierarchies' mount points.
         for parent in entries.iter().filter(|e| {
-            e.fstype == "tmpfs" && cgroup_dirs.iter().any(|c| c.mount_point.parent() == Some(&e.mount_point))
+            e.fstype == "tmpfs"
+                && cgroup_dirs
+                    .iter()
+                    .any(|c| c.mount_point.parent() == Some(&e.mount_point))
         }) {
-            mount_fs("tmpfs", &parent.mount_point, "tmpfs", &keep_options(parent.super_options))?;
+            mount_fs(
+                "tmpfs",
+                &parent.mount_point,
+                "tmpfs",
+                &keep_options(parent.super_options),
+            )?;
             mounted += 1;
         }
         for entry in cgroup_dirs {
@@ -166,7 +174,12 @@ impl Layout {
 fn keep_options(super_options: &str) -> String {
     super_options
         .split(',')
-        .filter(|o| !matches!(*o, "rw" | "ro") && !o.starts_with("size=") && !o.starts_with("nr_inodes=") && !o.starts_with("inode64"))
+        .filter(|o| {
+            !matches!(*o, "rw" | "ro")
+                && !o.starts_with("size=")
+                && !o.starts_with("nr_inodes=")
+                && !o.starts_with("inode64")
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -176,7 +189,9 @@ fn mount_fs(source: &str, target: &Path, fstype: &str, data: &str) -> Result<(),
         Some(source),
         target,
         Some(fstype),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
         (!data.is_empty()).then_some(data),
     )
     .map_err(|errno| CgroupError::Io {
@@ -241,7 +256,10 @@ mod restore_tests {
     fn only_controllers_and_modes_are_passed_again() {
         assert_eq!(keep_options("rw,cpu,cpuacct"), "cpu,cpuacct");
         assert_eq!(keep_options("rw,name=systemd"), "name=systemd");
-        assert_eq!(keep_options("rw,size=4096k,nr_inodes=1024,mode=755,inode64"), "mode=755");
+        assert_eq!(
+            keep_options("rw,size=4096k,nr_inodes=1024,mode=755,inode64"),
+            "mode=755"
+        );
         assert_eq!(keep_options("rw"), "");
     }
 }

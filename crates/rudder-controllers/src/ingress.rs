@@ -2,7 +2,7 @@
 //! IngressClass `rudder` (the default class) exists, and every Ingress the
 //! node agents serve reports where: `status.loadBalancer.ingress` lists
 //! the InternalIPs of the Ready nodes, since each of them serves ports 80
-//! and 443 (as k3s' ServiceLB publishes node addresses).
+//! and 443 (the addresses `servicelb` gives LoadBalancer Services).
 //!
 //! The agents route; this controller only writes the class and status, once
 //! for the cluster.
@@ -20,42 +20,13 @@ use rudder_runtime::informer::key_of;
 use rudder_runtime::{Informer, WorkQueue};
 use serde_json::json;
 
+use crate::service_lb::ready_node_addresses;
 use crate::util::{api_code, is_not_found};
 use crate::Context;
-
-/// Nodes with this label are left out of load-balancer addresses, as
-/// Kubernetes' service controllers leave them out.
-pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 
 pub fn start(ctx: &Context) -> BoxFuture<'static, anyhow::Result<()>> {
     let ctx = ctx.clone();
     async move { IngressStatusController::new(&ctx).run().await }.boxed()
-}
-
-/// The InternalIPs of the Ready nodes not excluded from load balancers,
-/// sorted and without repeats: where node-served ports can be reached.
-pub fn ready_node_addresses(nodes: &[Arc<Node>]) -> Vec<String> {
-    let mut addresses: Vec<String> = nodes
-        .iter()
-        .filter(|n| !n.labels().contains_key(EXCLUDE_LABEL))
-        .filter(|n| {
-            n.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-        .flat_map(|n| {
-            n.status
-                .as_ref()
-                .and_then(|s| s.addresses.clone())
-                .unwrap_or_default()
-        })
-        .filter(|a| a.type_ == "InternalIP")
-        .map(|a| a.address)
-        .collect();
-    addresses.sort();
-    addresses.dedup();
-    addresses
 }
 
 pub struct IngressStatusController {
@@ -286,25 +257,5 @@ mod tests {
             lb_ips(&api.get("other").await.unwrap()).is_empty(),
             "not ours"
         );
-    }
-
-    #[test]
-    fn addresses_of_ready_nodes_only() {
-        let node = |name: &str, ip: &str, ready: &str, labels: serde_json::Value| -> Arc<Node> {
-            Arc::new(
-                serde_json::from_value(json!({"metadata": {"name": name, "labels": labels},
-                    "status": {"addresses": [{"type": "InternalIP", "address": ip},
-                                             {"type": "ExternalIP", "address": "1.2.3.4"}],
-                        "conditions": [{"type": "Ready", "status": ready}]}}))
-                .unwrap(),
-            )
-        };
-        let nodes = vec![
-            node("b", "10.0.0.2", "True", json!({})),
-            node("a", "10.0.0.1", "True", json!({})),
-            node("c", "10.0.0.3", "Unknown", json!({})),
-            node("d", "10.0.0.4", "True", json!({EXCLUDE_LABEL: ""})),
-        ];
-        assert_eq!(ready_node_addresses(&nodes), ["10.0.0.1", "10.0.0.2"]);
     }
 }
