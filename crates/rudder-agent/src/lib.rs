@@ -6,6 +6,8 @@
 pub mod dns;
 pub mod env;
 pub mod eviction;
+pub mod ingress;
+pub mod network_policy;
 pub mod node;
 pub mod pods;
 pub mod routes;
@@ -200,6 +202,30 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         }
         None => tracing::warn!("no pod network: this node serves no cluster DNS"),
     }
+    if let Some(network) = &network {
+        let mut node_ips = vec![network.gateway()];
+        if let std::net::IpAddr::V4(ip) = machine.address {
+            node_ips.push(ip);
+        }
+        tokio::spawn(network_policy::run(
+            client.clone(),
+            informers.clone(),
+            network_policy::NetworkPolicyConfig {
+                node_name: name.clone(),
+                node_ips,
+                table: rudder_network::policy::DEFAULT_TABLE.to_string(),
+            },
+        ));
+    }
+    tokio::spawn(ingress::run(
+        client.clone(),
+        informers.clone(),
+        ingress::IngressListenConfig {
+            addresses: vec![machine.address],
+            http_port: ingress::HTTP_PORT,
+            https_port: ingress::HTTPS_PORT,
+        },
+    ));
     informers.start();
     let node_runtime = runtime.clone();
     let host_ip = machine.address.to_string();

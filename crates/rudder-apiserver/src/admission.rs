@@ -32,10 +32,21 @@ const BETA_STORAGE_CLASS_ANNOTATION: &str = "volume.beta.kubernetes.io/storage-c
 const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
 const BETA_DEFAULT_CLASS_ANNOTATION: &str = "storageclass.beta.kubernetes.io/is-default-class";
 
+/// What marks the default IngressClass.
+const DEFAULT_INGRESS_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+/// The class annotation Ingresses had before `spec.ingressClassName`.
+const LEGACY_INGRESS_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+
 fn is_default_class(class: &Value) -> bool {
-    let annotations = class.pointer("/metadata/annotations");
-    [DEFAULT_CLASS_ANNOTATION, BETA_DEFAULT_CLASS_ANNOTATION]
-        .iter()
+    has_true_annotation(
+        class,
+        &[DEFAULT_CLASS_ANNOTATION, BETA_DEFAULT_CLASS_ANNOTATION],
+    )
+}
+
+fn has_true_annotation(obj: &Value, keys: &[&str]) -> bool {
+    let annotations = obj.pointer("/metadata/annotations");
+    keys.iter()
         .any(|k| annotations.and_then(|a| a.get(*k)).and_then(Value::as_str) == Some("true"))
 }
 
@@ -84,6 +95,9 @@ impl ApiServer {
         }
         if info.group.is_empty() && info.plural == "limitranges" {
             crate::limitrange::default_limit_range(obj);
+        }
+        if info.group == "networking.k8s.io" && info.plural == "ingresses" {
+            self.admit_default_ingress_class(obj).await?;
         }
         // The validating plugins, in Kubernetes' order: LimitRanger, then
         // ResourceQuota last, since it charges what it admits.
@@ -143,6 +157,44 @@ impl ApiServer {
                 pvc["spec"] = json!({});
             }
             pvc["spec"]["storageClassName"] = json!(name);
+        }
+        Ok(())
+    }
+
+    /// The DefaultIngressClass plugin: an Ingress that names no class (no
+    /// `spec.ingressClassName`, no legacy annotation) gets the IngressClass
+    /// annotated as the default; of several, the newest.
+    async fn admit_default_ingress_class(&self, ingress: &mut Value) -> ApiResult<()> {
+        let named = ingress
+            .pointer("/spec/ingressClassName")
+            .is_some_and(|v| !v.is_null())
+            || ingress
+                .pointer("/metadata/annotations")
+                .and_then(Value::as_object)
+                .is_some_and(|a| a.contains_key(LEGACY_INGRESS_CLASS_ANNOTATION));
+        if named {
+            return Ok(());
+        }
+        let classes = self
+            .registry()
+            .get("networking.k8s.io", "v1", "ingressclasses")
+            .ok_or_else(|| ApiError::Internal("ingressclasses are not registered".into()))?;
+        let all = self
+            .store()
+            .range(rudder_store::RangeRequest::prefix(classes.key_prefix()))
+            .await?;
+        let mut defaults = Vec::new();
+        for kv in &all.kvs {
+            let class = decode(kv)?;
+            if has_true_annotation(&class, &[DEFAULT_INGRESS_CLASS_ANNOTATION]) {
+                defaults.push(class);
+            }
+        }
+        if let Some(name) = newest_default(&defaults) {
+            if !ingress["spec"].is_object() {
+                ingress["spec"] = json!({});
+            }
+            ingress["spec"]["ingressClassName"] = json!(name);
         }
         Ok(())
     }

@@ -161,7 +161,48 @@ pub fn prepare_for_create(info: &ResourceInfo, obj: &mut Value) {
         ("scheduling.k8s.io", "priorityclasses") => {
             set_default(obj, "preemptionPolicy", json!("PreemptLowerPriority"));
         }
+        ("networking.k8s.io", "networkpolicies") => default_network_policy(obj),
         _ => {}
+    }
+}
+
+/// Defaults applied again on every update, as Kubernetes defaults every
+/// object it decodes: those that depend on the object alone and that
+/// consumers rely on being set.
+pub fn prepare_for_update(info: &ResourceInfo, obj: &mut Value) {
+    if let ("networking.k8s.io", "networkpolicies") = (info.group.as_str(), info.plural.as_str()) {
+        default_network_policy(obj);
+    }
+}
+
+/// networking.k8s.io/v1 NetworkPolicy: every port's protocol is TCP unless
+/// given, and unset `policyTypes` become `Ingress`, plus `Egress` when
+/// there are egress rules.
+fn default_network_policy(obj: &mut Value) {
+    let spec = object_at(obj, "spec");
+    for direction in ["ingress", "egress"] {
+        let rules = spec.get_mut(direction).and_then(Value::as_array_mut);
+        for rule in rules.into_iter().flatten() {
+            let ports = rule.get_mut("ports").and_then(Value::as_array_mut);
+            for port in ports.into_iter().flatten() {
+                set_default(port, "protocol", json!("TCP"));
+            }
+        }
+    }
+    let unset = spec
+        .get("policyTypes")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
+    if unset {
+        let has_egress = spec
+            .get("egress")
+            .and_then(Value::as_array)
+            .is_some_and(|e| !e.is_empty());
+        spec["policyTypes"] = if has_egress {
+            json!(["Ingress", "Egress"])
+        } else {
+            json!(["Ingress"])
+        };
     }
 }
 
@@ -422,6 +463,31 @@ mod tests {
             job["spec"]["template"]["metadata"]["labels"]["job-name"],
             "j"
         );
+    }
+
+    #[test]
+    fn network_policies_get_policy_types_and_protocols() {
+        let registry = Registry::with_builtins();
+        let info = registry
+            .get("networking.k8s.io", "v1", "networkpolicies")
+            .unwrap();
+        let mut deny = json!({"metadata": {"name": "deny"}, "spec": {"podSelector": {}}});
+        prepare_for_create(&info, &mut deny);
+        assert_eq!(deny["spec"]["policyTypes"], json!(["Ingress"]));
+
+        let mut both = json!({"metadata": {"name": "b"}, "spec": {"podSelector": {},
+            "ingress": [{"ports": [{"port": 80}, {"port": 53, "protocol": "UDP"}]}],
+            "egress": [{"ports": [{"port": "dns"}]}]}});
+        prepare_for_create(&info, &mut both);
+        assert_eq!(both["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+        assert_eq!(both["spec"]["ingress"][0]["ports"][0]["protocol"], "TCP");
+        assert_eq!(both["spec"]["ingress"][0]["ports"][1]["protocol"], "UDP");
+        assert_eq!(both["spec"]["egress"][0]["ports"][0]["protocol"], "TCP");
+
+        // Given types are kept, on update as on create.
+        let mut egress_only = json!({"spec": {"policyTypes": ["Egress"]}});
+        prepare_for_update(&info, &mut egress_only);
+        assert_eq!(egress_only["spec"]["policyTypes"], json!(["Egress"]));
     }
 
     #[test]

@@ -661,6 +661,9 @@ impl ApiServer {
                 }
             }
         }
+        if !status_only {
+            crate::defaults::prepare_for_update(info, &mut new);
+        }
         // Metadata the server owns.
         let old_meta = meta(&current).clone();
         let new_meta = meta_mut(&mut new);

@@ -255,6 +255,23 @@ fn columns(info: &ResourceInfo) -> Vec<Column> {
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             vec![NAME, col("Created At", "date", 0)]
         }
+        ("networking.k8s.io", "ingresses") => vec![
+            NAME,
+            col("Class", "string", 0),
+            col("Hosts", "string", 0),
+            col("Address", "string", 0),
+            col("Ports", "string", 0),
+            AGE,
+        ],
+        ("networking.k8s.io", "ingressclasses") => vec![
+            NAME,
+            col("Controller", "string", 0),
+            col("Parameters", "string", 0),
+            AGE,
+        ],
+        ("networking.k8s.io", "networkpolicies") => {
+            vec![NAME, col("Pod-Selector", "string", 0), AGE]
+        }
         _ => vec![NAME, AGE],
     }
 }
@@ -825,6 +842,69 @@ fn cells(info: &ResourceInfo, obj: &Value, now: SystemTime) -> Vec<Value> {
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             vec![name, json!(s(obj, "/metadata/creationTimestamp"))]
         }
+        ("networking.k8s.io", "ingresses") => {
+            let hosts: Vec<&str> = obj
+                .pointer("/spec/rules")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|r| match s(r, "/host") {
+                    "" => "*",
+                    host => host,
+                })
+                .collect();
+            let addresses: Vec<&str> = obj
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|a| match s(a, "/ip") {
+                    "" => s(a, "/hostname"),
+                    ip => ip,
+                })
+                .collect();
+            let tls = obj
+                .pointer("/spec/tls")
+                .and_then(Value::as_array)
+                .is_some_and(|t| !t.is_empty());
+            vec![
+                name,
+                json!(none_if_empty(s(obj, "/spec/ingressClassName").to_owned())),
+                json!(hosts.join(",")),
+                json!(addresses.join(",")),
+                json!(if tls { "80, 443" } else { "80" }),
+                age,
+            ]
+        }
+        ("networking.k8s.io", "ingressclasses") => {
+            let parameters = match obj.pointer("/spec/parameters") {
+                Some(p) if p.is_object() => {
+                    let group = match s(p, "/apiGroup") {
+                        "" => String::new(),
+                        g => format!(".{g}"),
+                    };
+                    format!("{}{group}/{}", s(p, "/kind"), s(p, "/name"))
+                }
+                _ => String::new(),
+            };
+            vec![
+                name,
+                json!(s(obj, "/spec/controller")),
+                json!(none_if_empty(parameters)),
+                age,
+            ]
+        }
+        ("networking.k8s.io", "networkpolicies") => {
+            let selector = obj
+                .pointer("/spec/podSelector")
+                .map(|sel| {
+                    rudder_apimachinery::selector::LabelSelector::from_json(sel)
+                        .map(|l| l.to_string())
+                        .unwrap_or_default()
+                })
+                .unwrap_or_default();
+            vec![name, json!(none_if_empty(selector)), age]
+        }
         _ => vec![name, age],
     }
 }
@@ -1040,6 +1120,48 @@ mod tests {
         assert_eq!(cells[6], "n1");
         assert_eq!(t["columnDefinitions"][5]["priority"], 1);
         assert_eq!(t["rows"][0]["object"]["metadata"]["namespace"], "default");
+    }
+
+    #[test]
+    fn networking_rows() {
+        let registry = crate::registry::Registry::with_builtins();
+        let ingresses = registry
+            .get("networking.k8s.io", "v1", "ingresses")
+            .unwrap();
+        let ingress = json!({
+            "metadata": {"name": "cafe", "namespace": "net", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {"ingressClassName": "rudder", "tls": [{"hosts": ["cafe.example.com"]}],
+                "rules": [{"host": "cafe.example.com"}, {"http": {"paths": []}}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "10.99.0.11"}, {"ip": "10.99.0.12"}]}}
+        });
+        let t = table(&ingresses, &[ingress], "7", None);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "rudder");
+        assert_eq!(cells[2], "cafe.example.com,*");
+        assert_eq!(cells[3], "10.99.0.11,10.99.0.12");
+        assert_eq!(cells[4], "80, 443");
+
+        let policies = registry
+            .get("networking.k8s.io", "v1", "networkpolicies")
+            .unwrap();
+        let row = |spec: Value| {
+            let p = json!({"metadata": {"name": "p", "namespace": "net"}, "spec": spec});
+            table(&policies, &[p], "7", None)["rows"][0]["cells"][1].clone()
+        };
+        assert_eq!(
+            row(json!({"podSelector": {"matchLabels": {"app": "web"}}})),
+            "app=web"
+        );
+        assert_eq!(row(json!({"podSelector": {}})), "<none>");
+
+        let classes = registry
+            .get("networking.k8s.io", "v1", "ingressclasses")
+            .unwrap();
+        let class =
+            json!({"metadata": {"name": "rudder"}, "spec": {"controller": "rudder.io/ingress"}});
+        let cells = &table(&classes, &[class], "7", None)["rows"][0]["cells"];
+        assert_eq!(cells[1], "rudder.io/ingress");
+        assert_eq!(cells[2], "<none>");
     }
 
     #[test]

@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 use crate::error::FieldCause;
 use crate::registry::ResourceInfo;
 
+mod networking;
+
 /// Validates `obj` (the new object), with `old` on updates.
 pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<FieldCause> {
     let mut v = Validator::default();
@@ -174,6 +176,9 @@ pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Fi
             }
         }
         ("autoscaling", "horizontalpodautoscalers") => v.hpa_spec(&obj["spec"]),
+        ("networking.k8s.io", "networkpolicies") => v.network_policy(obj),
+        ("networking.k8s.io", "ingresses") => v.ingress(obj),
+        ("networking.k8s.io", "ingressclasses") => v.ingress_class(obj, old),
         _ => {}
     }
     v.causes

@@ -19,6 +19,7 @@ pub mod endpointslice;
 pub mod garbage_collector;
 pub mod history;
 pub mod horizontal_pod_autoscaler;
+pub mod ingress;
 pub mod job;
 pub mod namespace;
 pub mod node_ipam;
@@ -73,6 +74,7 @@ pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("disruption", disruption::start),
     ("horizontalpodautoscaling", horizontal_pod_autoscaler::start),
     ("servicelb", service_lb::start),
+    ("ingress", ingress::start),
 ];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to

@@ -110,8 +110,9 @@ impl ServiceLbController {
     }
 }
 
-/// The InternalIPs of the Ready nodes, sorted.
-fn ready_node_addresses(nodes: &[Arc<Node>]) -> Vec<String> {
+/// The InternalIPs of the Ready nodes, sorted (also where Ingresses are
+/// served).
+pub(crate) fn ready_node_addresses(nodes: &[Arc<Node>]) -> Vec<String> {
     let mut out = BTreeSet::new();
     for node in nodes {
         let Some(status) = node.status.as_ref() else {

@@ -10,13 +10,14 @@
 //! pod CIDRs can be added beside them: [`cidr`] (the address type), [`ipam`]
 //! (host-local allocation), `bridge` (the node side), `veth` (a pod's link),
 //! [`masquerade`] (NAT and forwarding rules), [`routes`] (other nodes' pod
-//! CIDRs over host-gw or VXLAN).
+//! CIDRs over host-gw or VXLAN), [`policy`] (NetworkPolicy).
 
 mod bridge;
 pub mod cidr;
 mod cmd;
 pub mod ipam;
 pub mod masquerade;
+pub mod policy;
 pub mod routes;
 mod veth;
 

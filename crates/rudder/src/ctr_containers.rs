@@ -431,9 +431,9 @@ pub fn rm(data_dir: &std::path::Path, args: RmArgs) -> anyhow::Result<()> {
 
 /// `rudder reset`: everything the node's agent and runtime made, gone:
 /// containers and pod sandboxes, their mounts and cgroups, the pod network
-/// (veths, bridge, rules) and the agent's data. `data_dir` is an agent's
-/// data dir, or a server's (whose agent lives in `agent/`); a server's own
-/// store is kept.
+/// (veths, bridge, rules), the NetworkPolicy table and the agent's data.
+/// `data_dir` is an agent's data dir, or a server's (whose agent lives in
+/// `agent/`); a server's own store is kept.
 pub fn reset(data_dir: &std::path::Path) -> anyhow::Result<()> {
     let agent_dir = if data_dir.join("agent").is_dir() {
         data_dir.join("agent")
@@ -472,6 +472,11 @@ pub fn reset(data_dir: &std::path::Path) -> anyhow::Result<()> {
                 eprintln!("rudder reset: routes to other nodes: {e}");
             }
         }
+    }
+    // The NetworkPolicy table outlives the agent on purpose (rules stay in
+    // force across restarts); reset is what removes it.
+    if let Err(e) = rudder_network::policy::remove(rudder_network::policy::DEFAULT_TABLE) {
+        eprintln!("rudder reset: NetworkPolicy rules: {e}");
     }
     if !report.errors.is_empty() {
         bail!("reset incomplete; {} kept", agent_dir.display());
