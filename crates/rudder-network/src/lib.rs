@@ -9,13 +9,15 @@
 //! One module per concern, so that Services, DNS and routes to other nodes'
 //! pod CIDRs can be added beside them: [`cidr`] (the address type), [`ipam`]
 //! (host-local allocation), `bridge` (the node side), `veth` (a pod's link),
-//! [`masquerade`] (NAT and forwarding rules).
+//! [`masquerade`] (NAT and forwarding rules), [`proxy`] (Services: the
+//! nftables rules of the node's Service proxy).
 
 mod bridge;
 pub mod cidr;
 mod cmd;
 pub mod ipam;
 pub mod masquerade;
+pub mod proxy;
 mod veth;
 
 use std::fs;
