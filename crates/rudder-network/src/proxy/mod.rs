@@ -271,7 +271,8 @@ impl Proxier {
                     }
                     for (name, why) in left_out {
                         if let Some(state) = wanted.get(&name) {
-                            self.rejected.insert(name.clone(), (state.clone(), why.clone()));
+                            self.rejected
+                                .insert(name.clone(), (state.clone(), why.clone()));
                         }
                         rejected.push((name, why));
                     }
@@ -381,7 +382,9 @@ fn validate_table(name: &str) -> Result<(), NetworkError> {
 
 fn table_exists(table: &str) -> Result<bool, NetworkError> {
     let listing = Tool::new("nft").args(["list", "tables"]).run()?;
-    Ok(listing.lines().any(|l| l.trim() == format!("table ip {table}")))
+    Ok(listing
+        .lines()
+        .any(|l| l.trim() == format!("table ip {table}")))
 }
 
 /// `rudder reset`: deletes the proxy's table. Returns whether there was
@@ -440,7 +443,11 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    fn state(name: &str, cluster_ip: [u8; 4], node_port: Option<u16>) -> (ServicePortName, ServiceState) {
+    fn state(
+        name: &str,
+        cluster_ip: [u8; 4],
+        node_port: Option<u16>,
+    ) -> (ServicePortName, ServiceState) {
         let n = ServicePortName::new("default", name, "", Protocol::Tcp);
         let mut port = ServicePort::cluster_ip(n.clone(), Ipv4Addr::from(cluster_ip), 80);
         port.node_port = node_port;
@@ -478,7 +485,8 @@ mod tests {
         };
         let ra = render::service(&config, &sa).unwrap();
         let rb = render::service(&config, &sb).unwrap();
-        let all: BTreeMap<&ServicePortName, &Rendered> = [(&a, &ra), (&b, &rb)].into_iter().collect();
+        let all: BTreeMap<&ServicePortName, &Rendered> =
+            [(&a, &ra), (&b, &rb)].into_iter().collect();
         let (elements, owners, conflicts) = collect_elements(&all);
         let np = ElementKey {
             collection: render::SERVICE_NODEPORTS,
@@ -511,7 +519,8 @@ mod tests {
             .unwrap()
         };
         let (r80, r443) = (render(&n80, 80), render(&n443, 443));
-        let all: BTreeMap<&ServicePortName, &Rendered> = [(&n80, &r80), (&n443, &r443)].into_iter().collect();
+        let all: BTreeMap<&ServicePortName, &Rendered> =
+            [(&n80, &r80), (&n443, &r443)].into_iter().collect();
         let (elements, _, conflicts) = collect_elements(&all);
         assert!(conflicts.is_empty(), "{conflicts:?}");
         assert_eq!(elements.len(), 3, "{elements:?}");

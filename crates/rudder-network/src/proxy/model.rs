@@ -304,7 +304,10 @@ mod tests {
 
     #[test]
     fn categories_follow_the_traffic_policies() {
-        let eps = vec![ep(1, true, true, false, true), ep(2, true, true, false, false)];
+        let eps = vec![
+            ep(1, true, true, false, true),
+            ep(2, true, true, false, false),
+        ];
         let c = categorize(&state(web(), eps.clone()));
         assert_eq!(c.cluster.len(), 2);
         assert!(c.local.is_empty(), "no local policy, no local list");
@@ -327,7 +330,10 @@ mod tests {
         assert_eq!(c.local, vec![eps[0]]);
 
         // Local falls back to local terminating endpoints on its own.
-        let eps = vec![ep(1, false, true, true, true), ep(2, true, true, false, false)];
+        let eps = vec![
+            ep(1, false, true, true, true),
+            ep(2, true, true, false, false),
+        ];
         let c = categorize(&state(itp, eps.clone()));
         assert_eq!(c.local, vec![eps[0]]);
         assert!(c.any);

@@ -143,7 +143,10 @@ fn mark() -> String {
 
 /// Renders one Service port. Headless and ExternalName Services (no
 /// cluster IP) render to nothing.
-pub(crate) fn service(config: &RenderConfig, state: &ServiceState) -> Result<Rendered, NetworkError> {
+pub(crate) fn service(
+    config: &RenderConfig,
+    state: &ServiceState,
+) -> Result<Rendered, NetworkError> {
     let svc = &state.port;
     svc.name.validate()?;
     let mut out = Rendered::default();
@@ -192,8 +195,7 @@ pub(crate) fn service(config: &RenderConfig, state: &ServiceState) -> Result<Ren
     let reject = format!("goto {REJECT_CHAIN}");
 
     let mut element = |collection: &'static str, key: String, value: Option<String>| {
-        out.elements
-            .push((ElementKey { collection, key }, value));
+        out.elements.push((ElementKey { collection, key }, value));
     };
     for ip in &svc.cluster_ips {
         element(CLUSTER_IPS, ip.to_string(), None);
@@ -318,7 +320,10 @@ pub(crate) fn service(config: &RenderConfig, state: &ServiceState) -> Result<Ren
         if affinity.is_some() {
             rules.push(format!("update @{} {{ ip saddr }}", aff_set(ep)));
         }
-        rules.push(format!("meta l4proto {proto} dnat to {}:{}", ep.ip, ep.port));
+        rules.push(format!(
+            "meta l4proto {proto} dnat to {}:{}",
+            ep.ip, ep.port
+        ));
         out.chains.insert(ep_chain(ep), rules);
         if let Some(timeout) = affinity {
             out.sets.insert(aff_set(ep), timeout);
@@ -494,9 +499,7 @@ mod tests {
             ..ep(3, false)
         };
         let r = render(web(""), vec![terminating]);
-        assert!(r
-            .chains
-            .contains_key("ep-default/web/tcp/__10.42.0.3/8080"));
+        assert!(r.chains.contains_key("ep-default/web/tcp/__10.42.0.3/8080"));
     }
 
     #[test]
@@ -548,9 +551,8 @@ mod tests {
         let r = render(svc, vec![ep(2, false)]);
         assert_eq!(r.chains["ext-default/web/tcp/"].last().unwrap(), "drop");
         assert!(!r.chains.contains_key("local-default/web/tcp/"));
-        assert!(elements(&r).contains(
-            &"service-nodeports: tcp . 30081 : goto ext-default/web/tcp/".to_string()
-        ));
+        assert!(elements(&r)
+            .contains(&"service-nodeports: tcp . 30081 : goto ext-default/web/tcp/".to_string()));
     }
 
     #[test]
@@ -561,7 +563,8 @@ mod tests {
             53,
         );
         svc.internal_policy_local = true;
-        let dns = |last: u8, local: bool| Endpoint::ready(Ipv4Addr::new(10, 99, 0, last), 53, local);
+        let dns =
+            |last: u8, local: bool| Endpoint::ready(Ipv4Addr::new(10, 99, 0, last), 53, local);
         let r = render(svc.clone(), vec![dns(11, true), dns(12, false)]);
         assert_eq!(
             elements(&r)[1],

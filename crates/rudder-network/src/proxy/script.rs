@@ -91,7 +91,10 @@ fn element_line(table: &str, key: &ElementKey, value: &Option<String>) -> String
             "add element ip {table} {} {{ {} : {value} }}",
             key.collection, key.key
         ),
-        None => format!("add element ip {table} {} {{ {} }}", key.collection, key.key),
+        None => format!(
+            "add element ip {table} {} {{ {} }}",
+            key.collection, key.key
+        ),
     }
 }
 
@@ -232,7 +235,12 @@ pub(crate) fn partial(
     }
     let new_chains: BTreeSet<&String> = changes
         .iter()
-        .flat_map(|c| c.new.chains.keys().filter(|k| !c.old.chains.contains_key(*k)))
+        .flat_map(|c| {
+            c.new
+                .chains
+                .keys()
+                .filter(|k| !c.old.chains.contains_key(*k))
+        })
         .collect();
     for plan in &plans {
         for (chain, _) in &plan.write {
@@ -265,7 +273,10 @@ pub(crate) fn partial(
     for plan in &plans {
         for (chain, rules) in &plan.write {
             for rule in *rules {
-                s.line(Some(plan.name), &format!("add rule ip {table} {chain} {rule}"));
+                s.line(
+                    Some(plan.name),
+                    &format!("add rule ip {table} {chain} {rule}"),
+                );
             }
         }
     }
@@ -318,7 +329,10 @@ mod tests {
         let a = name("a");
         let old = rendered(
             &[
-                ("svc-a", &["numgen random mod 2 vmap { 0 : goto ep-1, 1 : goto ep-2 }"]),
+                (
+                    "svc-a",
+                    &["numgen random mod 2 vmap { 0 : goto ep-1, 1 : goto ep-2 }"],
+                ),
                 ("ep-1", &["dnat to 1"]),
                 ("ep-2", &["dnat to 2"]),
             ],
@@ -326,18 +340,30 @@ mod tests {
         );
         let new = rendered(
             &[
-                ("svc-a", &["numgen random mod 2 vmap { 0 : goto ep-1, 1 : goto ep-3 }"]),
+                (
+                    "svc-a",
+                    &["numgen random mod 2 vmap { 0 : goto ep-1, 1 : goto ep-3 }"],
+                ),
                 ("ep-1", &["dnat to 1"]),
                 ("ep-3", &["dnat to 3"]),
             ],
             &[],
         );
         let mut old_elements = Elements::new();
-        old_elements.insert(key("service-ips", "10.43.0.1 . tcp . 80"), Some("goto svc-a".into()));
-        old_elements.insert(key("service-nodeports", "tcp . 30080"), Some("goto ext-a".into()));
+        old_elements.insert(
+            key("service-ips", "10.43.0.1 . tcp . 80"),
+            Some("goto svc-a".into()),
+        );
+        old_elements.insert(
+            key("service-nodeports", "tcp . 30080"),
+            Some("goto ext-a".into()),
+        );
         let mut new_elements = old_elements.clone();
         new_elements.remove(&key("service-nodeports", "tcp . 30080"));
-        new_elements.insert(key("service-nodeports", "tcp . 30081"), Some("goto ext-a".into()));
+        new_elements.insert(
+            key("service-nodeports", "tcp . 30081"),
+            Some("goto ext-a".into()),
+        );
         let owners: BTreeMap<ElementKey, ServicePortName> = old_elements
             .keys()
             .chain(new_elements.keys())
@@ -387,7 +413,10 @@ mod tests {
     fn a_changed_affinity_timeout_replaces_the_sets_and_rewrites_the_chains() {
         let a = name("a");
         let old = rendered(
-            &[("svc-a", &["ip saddr @aff-1 goto ep-1", "goto ep-1"]), ("ep-1", &["update @aff-1 { ip saddr }"])],
+            &[
+                ("svc-a", &["ip saddr @aff-1 goto ep-1", "goto ep-1"]),
+                ("ep-1", &["update @aff-1 { ip saddr }"]),
+            ],
             &[("aff-1", 10800)],
         );
         let mut new = old.clone();
@@ -404,17 +433,26 @@ mod tests {
             &BTreeMap::new(),
         );
         let text = s.text();
-        let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("{needle} in\n{text}"));
+        let at = |needle: &str| {
+            text.find(needle)
+                .unwrap_or_else(|| panic!("{needle} in\n{text}"))
+        };
         assert!(at("flush chain ip t ep-1") < at("delete set ip t aff-1"));
         assert!(at("flush chain ip t svc-a") < at("delete set ip t aff-1"));
-        assert!(at("delete set ip t aff-1") < at("add set ip t aff-1 { type ipv4_addr; flags dynamic,timeout; timeout 60s; }"));
+        assert!(
+            at("delete set ip t aff-1")
+                < at("add set ip t aff-1 { type ipv4_addr; flags dynamic,timeout; timeout 60s; }")
+        );
         assert!(at("timeout 60s") < at("add rule ip t ep-1 update @aff-1"));
     }
 
     #[test]
     fn removing_a_service_deletes_its_elements_before_its_chains() {
         let a = name("a");
-        let old = rendered(&[("svc-a", &["goto ep-1"]), ("ep-1", &["dnat to 1"])], &[("aff-1", 5)]);
+        let old = rendered(
+            &[("svc-a", &["goto ep-1"]), ("ep-1", &["dnat to 1"])],
+            &[("aff-1", 5)],
+        );
         let mut old_elements = Elements::new();
         old_elements.insert(key("service-ips", "k"), Some("goto svc-a".into()));
         let owners = [(key("service-ips", "k"), a.clone())].into_iter().collect();
@@ -443,14 +481,23 @@ mod tests {
     #[test]
     fn full_declares_deletes_and_refills_the_table() {
         let a = name("a");
-        let r = rendered(&[("svc-a", &["goto ep-1"]), ("ep-1", &["dnat to 1"])], &[("aff-1", 5)]);
+        let r = rendered(
+            &[("svc-a", &["goto ep-1"]), ("ep-1", &["dnat to 1"])],
+            &[("aff-1", 5)],
+        );
         let mut elements = Elements::new();
         elements.insert(key("service-ips", "k"), Some("goto svc-a".into()));
         let owners = [(key("service-ips", "k"), a.clone())].into_iter().collect();
         let s = full("t", [(&a, &r)].into_iter(), &elements, &owners);
         let text = s.text();
-        assert!(text.starts_with("table ip t {}\ndelete table ip t\ntable ip t {\n"), "{text}");
-        let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("{needle} in\n{text}"));
+        assert!(
+            text.starts_with("table ip t {}\ndelete table ip t\ntable ip t {\n"),
+            "{text}"
+        );
+        let at = |needle: &str| {
+            text.find(needle)
+                .unwrap_or_else(|| panic!("{needle} in\n{text}"))
+        };
         assert!(at("add chain ip t ep-1") < at("add rule ip t svc-a goto ep-1"));
         assert!(at("add set ip t aff-1") < at("add rule ip t svc-a"));
         assert!(at("add rule ip t ep-1") < at("add element ip t service-ips { k : goto svc-a }"));
@@ -465,7 +512,12 @@ mod tests {
     fn errors_are_blamed_on_the_lines_service() {
         let a = name("a");
         let r = rendered(&[("svc-a", &["goto ep-1"])], &[]);
-        let s = full("t", [(&a, &r)].into_iter(), &Elements::new(), &BTreeMap::new());
+        let s = full(
+            "t",
+            [(&a, &r)].into_iter(),
+            &Elements::new(),
+            &BTreeMap::new(),
+        );
         let n = s.len();
         let stderr = format!(
             "/dev/stdin:{n}:20-30: Error: Could not process rule: No such file or directory\n\
