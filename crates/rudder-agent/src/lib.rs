@@ -7,6 +7,7 @@ pub mod env;
 pub mod eviction;
 pub mod node;
 pub mod pods;
+pub mod proxy;
 pub mod server;
 pub mod static_pods;
 pub mod volumes;
@@ -154,6 +155,27 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
     }
 
     let network = pod_network(&client, &name, &config).await;
+    {
+        // The Service proxy. Pods are recognized by the bridge they come
+        // from (kube-proxy's BridgeInterface mode) until the agent is told
+        // the cluster CIDR.
+        let local = match &network {
+            Some(network) => {
+                rudder_network::proxy::LocalDetector::Bridge(network.config().bridge.clone())
+            }
+            None => rudder_network::proxy::LocalDetector::None,
+        };
+        let informers = rudder_runtime::Informers::new(client.clone());
+        tokio::spawn(proxy::run(
+            client.clone(),
+            informers,
+            proxy::ProxyOptions {
+                node_name: name.clone(),
+                local,
+                table: rudder_network::proxy::DEFAULT_TABLE.to_string(),
+            },
+        ));
+    }
     let node_runtime = runtime.clone();
     let host_ip = machine.address.to_string();
     let manager = pods::PodManager::new(

@@ -142,6 +142,34 @@ impl Proxier {
         self.applied.is_none()
     }
 
+    /// The Service ports of `wanted` that are not programmed as wanted
+    /// (all of them before the first successful sync), and those
+    /// programmed but no longer wanted: what a failing sync leaves undone.
+    pub fn pending(
+        &self,
+        wanted: &BTreeMap<ServicePortName, ServiceState>,
+    ) -> Vec<ServicePortName> {
+        let Some(applied) = &self.applied else {
+            return wanted.keys().cloned().collect();
+        };
+        let mut pending: Vec<ServicePortName> = wanted
+            .iter()
+            .filter(|(name, state)| {
+                applied.services.get(*name).map(|(s, _)| s) != Some(*state)
+                    && !self.rejected.contains_key(*name)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        pending.extend(
+            applied
+                .services
+                .keys()
+                .filter(|name| !wanted.contains_key(*name))
+                .cloned(),
+        );
+        pending
+    }
+
     /// Whether the table exists (a cheap listing of table names).
     pub fn table_exists(&self) -> Result<bool, NetworkError> {
         table_exists(&self.config.table)
