@@ -431,7 +431,8 @@ pub fn rm(data_dir: &std::path::Path, args: RmArgs) -> anyhow::Result<()> {
 
 /// `rudder reset`: everything the node's agent and runtime made, gone:
 /// containers and pod sandboxes, their mounts and cgroups, the pod network
-/// (veths, bridge, rules) and the agent's data. `data_dir` is an agent's
+/// (veths, bridge, rules), the Service proxy's nftables table and the
+/// agent's data. `data_dir` is an agent's
 /// data dir, or a server's (whose agent lives in `agent/`); a server's own
 /// store is kept.
 pub fn reset(data_dir: &std::path::Path) -> anyhow::Result<()> {
@@ -467,6 +468,12 @@ pub fn reset(data_dir: &std::path::Path) -> anyhow::Result<()> {
             }
         }
     }
+    // The Service proxy's table (it holds no state of its own on disk).
+    let mut proxy_removed = false;
+    match rudder_network::proxy::remove(rudder_network::proxy::DEFAULT_TABLE) {
+        Ok(removed) => proxy_removed = removed,
+        Err(e) => eprintln!("rudder reset: service proxy rules: {e}"),
+    }
     if !report.errors.is_empty() {
         bail!("reset incomplete; {} kept", agent_dir.display());
     }
@@ -484,11 +491,16 @@ pub fn reset(data_dir: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     println!(
-        "removed {} container(s), unmounted {} leftover mount(s){}, deleted {}",
+        "removed {} container(s), unmounted {} leftover mount(s){}{}, deleted {}",
         report.containers_removed,
         report.unmounted,
         if network_removed {
             ", removed the pod network"
+        } else {
+            ""
+        },
+        if proxy_removed {
+            ", removed the service proxy rules"
         } else {
             ""
         },
