@@ -10,6 +10,7 @@ pub mod ingress;
 pub mod network_policy;
 pub mod node;
 pub mod pods;
+pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod static_pods;
@@ -213,10 +214,22 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
             network_policy::NetworkPolicyConfig {
                 node_name: name.clone(),
                 node_ips,
-                table: rudder_network::policy::DEFAULT_TABLE.to_string(),
+                table: node_table(rudder_network::policy::DEFAULT_TABLE, &config.bridge),
             },
         ));
     }
+    // The Service proxy. Traffic from the cluster's pod network is not
+    // masqueraded (kube-proxy's ClusterCIDR local detection), so
+    // NetworkPolicies on the destination node see the client pod.
+    tokio::spawn(proxy::run(
+        client.clone(),
+        informers.clone(),
+        proxy::ProxyOptions {
+            node_name: name.clone(),
+            local: rudder_network::proxy::LocalDetector::ClusterCidr(config.cluster_cidr),
+            table: node_table(rudder_network::proxy::DEFAULT_TABLE, &config.bridge),
+        },
+    ));
     tokio::spawn(ingress::run(
         client.clone(),
         informers.clone(),
@@ -259,6 +272,17 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
     );
     manager.run().await;
     Ok(())
+}
+
+/// The name of one of the node's nftables tables: `base` for the default
+/// bridge, else `base-<bridge>`, so that two nodes sharing a network
+/// namespace (tests beside a node) never replace each other's rules.
+pub fn node_table(base: &str, bridge: &str) -> String {
+    if bridge == rudder_network::DEFAULT_BRIDGE {
+        base.to_string()
+    } else {
+        format!("{base}-{bridge}")
+    }
 }
 
 /// Under `ip netns exec` (a node in a network namespace) the agent has a

@@ -1640,4 +1640,3 @@ mod tests {
         assert!(decode_continue("garbage!", "/pods/").is_err());
     }
 }
-

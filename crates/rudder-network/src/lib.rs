@@ -10,7 +10,8 @@
 //! pod CIDRs can be added beside them: [`cidr`] (the address type), [`ipam`]
 //! (host-local allocation), `bridge` (the node side), `veth` (a pod's link),
 //! [`masquerade`] (NAT and forwarding rules), [`routes`] (other nodes' pod
-//! CIDRs over host-gw or VXLAN), [`policy`] (NetworkPolicy).
+//! CIDRs over host-gw or VXLAN), [`policy`] (NetworkPolicy), [`proxy`]
+//! (Services: the nftables rules of the node's Service proxy).
 
 mod bridge;
 pub mod cidr;
@@ -18,6 +19,7 @@ mod cmd;
 pub mod ipam;
 pub mod masquerade;
 pub mod policy;
+pub mod proxy;
 pub mod routes;
 mod veth;
 

@@ -431,9 +431,10 @@ pub fn rm(data_dir: &std::path::Path, args: RmArgs) -> anyhow::Result<()> {
 
 /// `rudder reset`: everything the node's agent and runtime made, gone:
 /// containers and pod sandboxes, their mounts and cgroups, the pod network
-/// (veths, bridge, rules), the NetworkPolicy table and the agent's data.
-/// `data_dir` is an agent's data dir, or a server's (whose agent lives in
-/// `agent/`); a server's own store is kept.
+/// (veths, bridge, rules), the routes to other nodes, the NetworkPolicy and
+/// Service proxy tables and the agent's data. `data_dir` is an agent's
+/// data dir, or a server's (whose agent lives in `agent/`); a server's own
+/// store is kept.
 pub fn reset(data_dir: &std::path::Path) -> anyhow::Result<()> {
     let agent_dir = if data_dir.join("agent").is_dir() {
         data_dir.join("agent")
@@ -456,7 +457,7 @@ pub fn reset(data_dir: &std::path::Path) -> anyhow::Result<()> {
         eprintln!("rudder reset: {error}");
     }
     let mut network_removed = false;
-    if let Some(record) = network {
+    if let Some(record) = &network {
         let bridge = record["bridge"].as_str().unwrap_or("rudder0").to_string();
         let cidr: Option<rudder_network::Ipv4Cidr> =
             record["podCIDR"].as_str().and_then(|c| c.parse().ok());
@@ -475,8 +476,21 @@ pub fn reset(data_dir: &std::path::Path) -> anyhow::Result<()> {
     }
     // The NetworkPolicy table outlives the agent on purpose (rules stay in
     // force across restarts); reset is what removes it.
-    if let Err(e) = rudder_network::policy::remove(rudder_network::policy::DEFAULT_TABLE) {
+    let bridge = network
+        .as_ref()
+        .and_then(|record| record["bridge"].as_str())
+        .unwrap_or(rudder_network::DEFAULT_BRIDGE)
+        .to_string();
+    let policy_table = rudder_agent::node_table(rudder_network::policy::DEFAULT_TABLE, &bridge);
+    if let Err(e) = rudder_network::policy::remove(&policy_table) {
         eprintln!("rudder reset: NetworkPolicy rules: {e}");
+    }
+    // The Service proxy's table (it holds no state of its own on disk).
+    let mut proxy_removed = false;
+    let proxy_table = rudder_agent::node_table(rudder_network::proxy::DEFAULT_TABLE, &bridge);
+    match rudder_network::proxy::remove(&proxy_table) {
+        Ok(removed) => proxy_removed = removed,
+        Err(e) => eprintln!("rudder reset: service proxy rules: {e}"),
     }
     if !report.errors.is_empty() {
         bail!("reset incomplete; {} kept", agent_dir.display());
@@ -495,11 +509,16 @@ pub fn reset(data_dir: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     println!(
-        "removed {} container(s), unmounted {} leftover mount(s){}, deleted {}",
+        "removed {} container(s), unmounted {} leftover mount(s){}{}, deleted {}",
         report.containers_removed,
         report.unmounted,
         if network_removed {
             ", removed the pod network"
+        } else {
+            ""
+        },
+        if proxy_removed {
+            ", removed the service proxy rules"
         } else {
             ""
         },
