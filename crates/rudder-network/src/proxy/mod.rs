@@ -89,6 +89,8 @@ pub struct SyncReport {
     pub conflicts: Vec<(ServicePortName, String)>,
     /// Time spent, rendering and `nft` included.
     pub elapsed: Duration,
+    /// Of which running `nft` (parsing, the kernel's commit).
+    pub nft_elapsed: Duration,
 }
 
 /// What the table holds after the last successful sync.
@@ -257,12 +259,6 @@ impl Proxier {
                             });
                         }
                     }
-                    let all_owners: BTreeMap<ElementKey, ServicePortName> = applied
-                        .owners
-                        .iter()
-                        .chain(owners.iter())
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
                     let changed = changes.len();
                     (
                         script::partial(
@@ -270,32 +266,36 @@ impl Proxier {
                             &changes,
                             &applied.elements,
                             &elements,
-                            &all_owners,
+                            &applied.owners,
+                            &owners,
                         ),
                         changed,
                     )
                 }
             };
+            let nft_start = Instant::now();
             let outcome = if script.is_empty() {
                 Ok(())
             } else {
                 apply(&script)
             };
+            let nft_elapsed = nft_start.elapsed();
             match outcome {
                 Ok(()) => {
+                    // Unchanged ports move over from the last sync: at
+                    // thousands of ports, copying their rules would cost
+                    // more than the update itself.
+                    let mut old = self.applied.take().map(|a| a.services).unwrap_or_default();
                     let mut services = BTreeMap::new();
                     for (name, state) in wanted {
                         if left_out.contains_key(name) || self.rejected.contains_key(name) {
                             continue;
                         }
-                        let r = match rendered.remove(name) {
-                            Some(r) => r,
-                            None => match reused.get(name) {
-                                Some(r) => (*r).clone(),
-                                None => continue,
-                            },
-                        };
-                        services.insert(name.clone(), (state.clone(), r));
+                        if let Some(r) = rendered.remove(name) {
+                            services.insert(name.clone(), (state.clone(), r));
+                        } else if let Some(unchanged) = old.remove(name) {
+                            services.insert(name.clone(), unchanged);
+                        }
                     }
                     for (name, why) in left_out {
                         if let Some(state) = wanted.get(&name) {
@@ -319,6 +319,7 @@ impl Proxier {
                         rejected,
                         conflicts,
                         elapsed: start.elapsed(),
+                        nft_elapsed,
                     });
                 }
                 Err(e) => {
