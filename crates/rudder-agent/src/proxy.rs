@@ -627,7 +627,9 @@ mod tests {
             &["addr", "add", "10.81.5.2/24", "dev", "v0"],
             &["link", "set", "v0", "up"],
             &["link", "set", "v1", "up"],
-            &["route", "add", "10.81.100.0/24", "dev", "v0"],
+            // The API server allocates cluster IPs from 10.43.0.0/16; in
+            // this private namespace they go nowhere else.
+            &["route", "add", "10.43.0.0/16", "dev", "v0"],
         ] {
             let mut all = vec!["ip", "-n", ns.as_str()];
             all.extend(args);
@@ -663,14 +665,6 @@ mod tests {
                     let _ = std::io::Write::write_all(&mut stream, b"endpoint\n");
                 }
             });
-            let get = || {
-                let to: SocketAddr = "10.81.100.50:80".parse().unwrap();
-                let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(1))?;
-                s.set_read_timeout(Some(Duration::from_secs(1)))?;
-                let mut answer = String::new();
-                s.read_to_string(&mut answer)?;
-                Ok::<String, std::io::Error>(answer)
-            };
             async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
                 for _ in 0..100 {
                     if tokio::task::block_in_place(&mut check) {
@@ -683,14 +677,26 @@ mod tests {
 
             let api = TestApi::start().await;
             api.namespace("rdtpx").await;
-            let _: Service = api
+            let web: Service = api
                 .create(
                     "rdtpx",
                     json!({"metadata": {"name": "web"},
-                           "spec": {"clusterIP": "10.81.100.50", "selector": {"app": "web"},
+                           "spec": {"selector": {"app": "web"},
                                     "ports": [{"name": "web", "port": 80, "targetPort": "http"}]}}),
                 )
                 .await;
+            let cluster_ip = web
+                .spec
+                .and_then(|s| s.cluster_ip)
+                .expect("an allocated cluster IP");
+            let vip = SocketAddr::new(cluster_ip.parse().unwrap(), 80);
+            let get = || {
+                let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(1))?;
+                s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                let mut answer = String::new();
+                s.read_to_string(&mut answer)?;
+                Ok::<String, std::io::Error>(answer)
+            };
             let _: EndpointSlice = api
                 .create(
                     "rdtpx",
@@ -737,8 +743,7 @@ mod tests {
                     .create(
                         "rdtpx",
                         json!({"metadata": {"name": name},
-                               "spec": {"externalIPs": ["10.81.5.9"], "clusterIP": if name == "a-first" { "10.81.100.51" } else { "10.81.100.52" },
-                                        "ports": [{"port": 80}]}}),
+                               "spec": {"externalIPs": ["10.81.5.9"], "ports": [{"port": 80}]}}),
                     )
                     .await;
             }

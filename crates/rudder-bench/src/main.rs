@@ -4,6 +4,7 @@
 mod api;
 mod controllers;
 mod pods;
+mod proxy;
 mod runtime;
 mod scheduler;
 mod server;
@@ -32,6 +33,10 @@ enum Command {
     /// Pod startup on one real node (server + agent): time to Ready and the
     /// agent's memory, then density.
     Pods(pods::PodsArgs),
+    /// The Service proxy: nftables programming of `--services` Services
+    /// with `--endpoints` endpoints, one endpoint change at that size, and
+    /// HTTP requests per second through a cluster IP against the pod IP.
+    Proxy(proxy::ProxyArgs),
     /// The container runtime: create, start, wait, delete of /bin/true,
     /// against crun and runc on the same bundle.
     Runtime(runtime::RuntimeArgs),
@@ -57,6 +62,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Api(args) => api::run(args).await,
         Command::Scheduler(args) => scheduler::run(args).await,
         Command::Controllers(args) => controllers::run(args).await,
+        Command::Proxy(args) => proxy::run(args).await,
     }
 }
 

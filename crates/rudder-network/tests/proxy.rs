@@ -628,6 +628,16 @@ fn a_restarted_proxy_replaces_the_table_and_removal_leaves_nothing() {
     assert!(!listing.contains("rdtpx/gone/"), "{listing}");
     assert!(in_ns(&w.node, || p.table_exists()).unwrap());
 
+    // Deleted behind the proxy's back: the next change cannot be written
+    // as a partial sync, and the table is rebuilt whole at once.
+    w.nft(&["delete", "table", "ip", TABLE]);
+    let r = w.sync(
+        &mut p,
+        &[state(service("web", "", 19, 80), vec![ep(0, 80, true)])],
+    );
+    assert!(r.full, "{r:?}");
+    assert!(get(&w.pods[1], vip).unwrap().starts_with("pod0"));
+
     assert!(in_ns(&w.node, || proxy::remove(TABLE)).unwrap());
     assert!(!w.nft(&["list", "tables"]).contains(TABLE));
     assert!(

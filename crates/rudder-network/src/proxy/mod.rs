@@ -46,7 +46,7 @@ pub const DEFAULT_TABLE: &str = "rudder-proxy";
 
 /// How many times one sync sets aside Services the kernel refused and
 /// tries again before giving up until the next sync.
-const BLAME_ROUNDS: usize = 3;
+const BLAME_ROUNDS: usize = 4;
 
 /// How the proxy is set up on this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +89,8 @@ pub struct SyncReport {
     pub conflicts: Vec<(ServicePortName, String)>,
     /// Time spent, rendering and `nft` included.
     pub elapsed: Duration,
+    /// Of which running `nft` (parsing, the kernel's commit).
+    pub nft_elapsed: Duration,
 }
 
 /// What the table holds after the last successful sync.
@@ -176,13 +178,18 @@ impl Proxier {
     }
 
     /// Programs `wanted`: a full sync the first time, then only what
-    /// changed. An `Err` means nothing was applied; the next call then
-    /// replaces the whole table.
+    /// changed. A partial sync the kernel refuses (someone changed the
+    /// table behind our back) is retried at once as a full one. An `Err`
+    /// means nothing was applied; the next call then replaces the whole
+    /// table.
     pub fn sync(
         &mut self,
         wanted: &BTreeMap<ServicePortName, ServiceState>,
     ) -> Result<SyncReport, NetworkError> {
         let start = Instant::now();
+        // Until this sync succeeds, the table's content is not known.
+        let previous = self.applied.take();
+        let mut full = previous.is_none();
         // Render what changed since the last sync; reuse the rest.
         let mut rendered: BTreeMap<&ServicePortName, Rendered> = BTreeMap::new();
         let mut reused: BTreeMap<&ServicePortName, &Rendered> = BTreeMap::new();
@@ -194,12 +201,10 @@ impl Proxier {
                 rejected.push((name.clone(), why.clone()));
                 continue;
             }
-            if let Some(applied) = &self.applied {
-                if let Some((old_state, old)) = applied.services.get(name) {
-                    if old_state == state {
-                        reused.insert(name, old);
-                        continue;
-                    }
+            if let Some((old_state, old)) = previous.as_ref().and_then(|p| p.services.get(name)) {
+                if old_state == state {
+                    reused.insert(name, old);
+                    continue;
                 }
             }
             match render::service(&self.render, state) {
@@ -213,8 +218,11 @@ impl Proxier {
                 }
             }
         }
+        // Service ports the kernel refused in this sync, with why.
         let mut left_out: BTreeMap<ServicePortName, String> = BTreeMap::new();
-        for round in 0..=BLAME_ROUNDS {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
             let all: BTreeMap<&ServicePortName, &Rendered> = reused
                 .iter()
                 .map(|(n, r)| (*n, *r))
@@ -222,8 +230,7 @@ impl Proxier {
                 .filter(|(n, _)| !left_out.contains_key(*n))
                 .collect();
             let (elements, owners, conflicts) = collect_elements(&all);
-            let full = self.applied.is_none();
-            let (script, changed) = match &self.applied {
+            let (script, changed) = match previous.as_ref().filter(|_| !full) {
                 None => (
                     script::full(
                         &self.config.table,
@@ -234,35 +241,7 @@ impl Proxier {
                     all.len(),
                 ),
                 Some(applied) => {
-                    let empty = Rendered::default();
-                    let mut changes = Vec::new();
-                    for (name, new) in &all {
-                        match applied.services.get(*name) {
-                            Some((_, old)) if std::ptr::eq(old, *new) => {}
-                            Some((_, old)) if old == *new => {}
-                            Some((_, old)) => changes.push(Change { name, old, new }),
-                            None => changes.push(Change {
-                                name,
-                                old: &empty,
-                                new,
-                            }),
-                        }
-                    }
-                    for (name, (_, old)) in &applied.services {
-                        if !all.contains_key(name) {
-                            changes.push(Change {
-                                name,
-                                old,
-                                new: &empty,
-                            });
-                        }
-                    }
-                    let all_owners: BTreeMap<ElementKey, ServicePortName> = applied
-                        .owners
-                        .iter()
-                        .chain(owners.iter())
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
+                    let changes = changes(applied, &all);
                     let changed = changes.len();
                     (
                         script::partial(
@@ -270,32 +249,37 @@ impl Proxier {
                             &changes,
                             &applied.elements,
                             &elements,
-                            &all_owners,
+                            &applied.owners,
+                            &owners,
                         ),
                         changed,
                     )
                 }
             };
+            drop(all);
+            let nft_start = Instant::now();
             let outcome = if script.is_empty() {
                 Ok(())
             } else {
                 apply(&script)
             };
-            match outcome {
+            let nft_elapsed = nft_start.elapsed();
+            let error = match outcome {
                 Ok(()) => {
+                    // Unchanged ports move over from the last sync: at
+                    // thousands of ports, copying their rules would cost
+                    // more than the update itself.
+                    let mut old = previous.map(|a| a.services).unwrap_or_default();
                     let mut services = BTreeMap::new();
                     for (name, state) in wanted {
                         if left_out.contains_key(name) || self.rejected.contains_key(name) {
                             continue;
                         }
-                        let r = match rendered.remove(name) {
-                            Some(r) => r,
-                            None => match reused.get(name) {
-                                Some(r) => (*r).clone(),
-                                None => continue,
-                            },
-                        };
-                        services.insert(name.clone(), (state.clone(), r));
+                        if let Some(r) = rendered.remove(name) {
+                            services.insert(name.clone(), (state.clone(), r));
+                        } else if let Some(unchanged) = old.remove(name) {
+                            services.insert(name.clone(), unchanged);
+                        }
                     }
                     for (name, why) in left_out {
                         if let Some(state) = wanted.get(&name) {
@@ -319,36 +303,72 @@ impl Proxier {
                         rejected,
                         conflicts,
                         elapsed: start.elapsed(),
+                        nft_elapsed,
                     });
                 }
-                Err(e) => {
-                    let blamed = match &e {
-                        NetworkError::Command { stderr, .. } => script::blame(&script, stderr),
-                        _ => BTreeMap::new(),
-                    };
-                    let fresh: Vec<_> = blamed
-                        .into_iter()
-                        .filter(|(n, _)| !left_out.contains_key(n))
-                        .collect();
-                    if fresh.is_empty() || round == BLAME_ROUNDS {
-                        tracing::debug!(
-                            table = %self.config.table,
-                            full,
-                            "the failed transaction began with:\n{}",
-                            script::preview(&script, 8)
-                        );
-                        self.applied = None;
-                        return Err(e);
-                    }
-                    for (name, why) in fresh {
-                        tracing::warn!(service = %name, error = %why, "the kernel refused the rules of a service; leaving it out");
-                        left_out.insert(name, why);
-                    }
-                }
+                Err(e) => e,
+            };
+            if !full {
+                tracing::info!(table = %self.config.table, error = %error, "a partial sync failed; replacing the whole table");
+                full = true;
+                continue;
+            }
+            // A full sync starts from an empty table: what the kernel
+            // refuses is the content of the lines it names.
+            let blamed = match &error {
+                NetworkError::Command { stderr, .. } => script::blame(&script, stderr),
+                _ => BTreeMap::new(),
+            };
+            let fresh: Vec<_> = blamed
+                .into_iter()
+                .filter(|(n, _)| !left_out.contains_key(n))
+                .collect();
+            if fresh.is_empty() || attempts > BLAME_ROUNDS {
+                tracing::debug!(
+                    table = %self.config.table,
+                    "the failed transaction began with:\n{}",
+                    script::preview(&script, 8)
+                );
+                return Err(error);
+            }
+            for (name, why) in fresh {
+                tracing::warn!(service = %name, error = %why, "the kernel refused the rules of a service; leaving it out");
+                left_out.insert(name, why);
             }
         }
-        unreachable!("the last round returns")
     }
+}
+
+/// What a partial sync rewrites: the ports whose rules differ from the
+/// applied ones, those new, and those gone.
+fn changes<'a>(
+    applied: &'a Applied,
+    all: &BTreeMap<&'a ServicePortName, &'a Rendered>,
+) -> Vec<Change<'a>> {
+    static EMPTY: std::sync::OnceLock<Rendered> = std::sync::OnceLock::new();
+    let empty = EMPTY.get_or_init(Rendered::default);
+    let mut changes = Vec::new();
+    for (name, new) in all {
+        match applied.services.get(*name) {
+            Some((_, old)) if std::ptr::eq(old, *new) || old == *new => {}
+            Some((_, old)) => changes.push(Change { name, old, new }),
+            None => changes.push(Change {
+                name,
+                old: empty,
+                new,
+            }),
+        }
+    }
+    for (name, (_, old)) in &applied.services {
+        if !all.contains_key(name) {
+            changes.push(Change {
+                name,
+                old,
+                new: empty,
+            });
+        }
+    }
+    changes
 }
 
 /// Every Service port's elements in name order; an element already claimed

@@ -160,13 +160,14 @@ pub(crate) fn partial(
     changes: &[Change<'_>],
     old_elements: &Elements,
     new_elements: &Elements,
-    owners: &BTreeMap<ElementKey, ServicePortName>,
+    old_owners: &BTreeMap<ElementKey, ServicePortName>,
+    new_owners: &BTreeMap<ElementKey, ServicePortName>,
 ) -> Script {
     let mut s = Script::default();
     for (key, value) in old_elements {
         if new_elements.get(key) != Some(value) {
             s.line(
-                owners.get(key),
+                old_owners.get(key),
                 &format!(
                     "delete element ip {table} {} {{ {} }}",
                     key.collection, key.key
@@ -282,7 +283,7 @@ pub(crate) fn partial(
     }
     for (key, value) in new_elements {
         if old_elements.get(key) != Some(value) {
-            s.line(owners.get(key), &element_line(table, key, value));
+            s.line(new_owners.get(key), &element_line(table, key, value));
         }
     }
     s
@@ -379,6 +380,7 @@ mod tests {
             &old_elements,
             &new_elements,
             &owners,
+            &owners,
         );
         assert_eq!(
             s.text(),
@@ -401,12 +403,12 @@ mod tests {
         old.insert(key("service-ips", "k"), Some("goto x".into()));
         let mut new = Elements::new();
         new.insert(key("service-ips", "k"), Some("goto y".into()));
-        let s = partial("t", &[], &old, &new, &BTreeMap::new());
+        let s = partial("t", &[], &old, &new, &BTreeMap::new(), &BTreeMap::new());
         assert_eq!(
             s.text(),
             "delete element ip t service-ips { k }\nadd element ip t service-ips { k : goto y }\n"
         );
-        assert!(partial("t", &[], &new, &new, &BTreeMap::new()).is_empty());
+        assert!(partial("t", &[], &new, &new, &BTreeMap::new(), &BTreeMap::new()).is_empty());
     }
 
     #[test]
@@ -430,6 +432,7 @@ mod tests {
             }],
             &Elements::new(),
             &Elements::new(),
+            &BTreeMap::new(),
             &BTreeMap::new(),
         );
         let text = s.text();
@@ -466,6 +469,7 @@ mod tests {
             &old_elements,
             &Elements::new(),
             &owners,
+            &BTreeMap::new(),
         );
         assert_eq!(
             s.text(),
