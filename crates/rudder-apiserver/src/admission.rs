@@ -37,12 +37,31 @@ const DEFAULT_INGRESS_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-de
 /// The class annotation Ingresses had before `spec.ingressClassName`.
 const LEGACY_INGRESS_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 
-fn is_default_class(class: &Value) -> bool {
-    has_true_annotation(
-        class,
-        &[DEFAULT_CLASS_ANNOTATION, BETA_DEFAULT_CLASS_ANNOTATION],
-    )
+/// A kind of object that names a class, and where its default comes from.
+struct DefaultClassKind {
+    /// The field under `spec` that names the class.
+    class_field: &'static str,
+    /// The annotation that named the class before the field.
+    legacy_annotation: &'static str,
+    /// The class resource: group, version, plural.
+    classes: (&'static str, &'static str, &'static str),
+    /// Annotations that mark a class as the default (`"true"`).
+    default_annotations: &'static [&'static str],
 }
+
+const STORAGE_CLASSES: DefaultClassKind = DefaultClassKind {
+    class_field: "storageClassName",
+    legacy_annotation: BETA_STORAGE_CLASS_ANNOTATION,
+    classes: ("storage.k8s.io", "v1", "storageclasses"),
+    default_annotations: &[DEFAULT_CLASS_ANNOTATION, BETA_DEFAULT_CLASS_ANNOTATION],
+};
+
+const INGRESS_CLASSES: DefaultClassKind = DefaultClassKind {
+    class_field: "ingressClassName",
+    legacy_annotation: LEGACY_INGRESS_CLASS_ANNOTATION,
+    classes: ("networking.k8s.io", "v1", "ingressclasses"),
+    default_annotations: &[DEFAULT_INGRESS_CLASS_ANNOTATION],
+};
 
 fn has_true_annotation(obj: &Value, keys: &[&str]) -> bool {
     let annotations = obj.pointer("/metadata/annotations");
@@ -87,7 +106,7 @@ impl ApiServer {
             self.admit_pod_priority(obj).await?;
         }
         if info.group.is_empty() && info.plural == "persistentvolumeclaims" {
-            self.admit_default_storage_class(obj).await?;
+            self.admit_default_class(obj, &STORAGE_CLASSES).await?;
             add_finalizer(obj, PVC_PROTECTION_FINALIZER);
         }
         if info.group.is_empty() && info.plural == "persistentvolumes" {
@@ -97,7 +116,7 @@ impl ApiServer {
             crate::limitrange::default_limit_range(obj);
         }
         if info.group == "networking.k8s.io" && info.plural == "ingresses" {
-            self.admit_default_ingress_class(obj).await?;
+            self.admit_default_class(obj, &INGRESS_CLASSES).await?;
         }
         // The validating plugins, in Kubernetes' order: LimitRanger, then
         // ResourceQuota last, since it charges what it admits.
@@ -122,25 +141,26 @@ impl ApiServer {
         Ok(())
     }
 
-    /// The DefaultStorageClass plugin: a claim that names no class (the
-    /// field absent, not `""`, and no beta annotation) gets the class
-    /// annotated as the default; of several, the newest (then the first
-    /// by name), as Kubernetes picks.
-    async fn admit_default_storage_class(&self, pvc: &mut Value) -> ApiResult<()> {
-        let named = pvc
-            .pointer("/spec/storageClassName")
+    /// The DefaultStorageClass and DefaultIngressClass plugins: an object
+    /// that names no class (`spec.<class_field>` absent, not `""`, and no
+    /// legacy annotation) gets the class annotated as the default; of
+    /// several, the newest (then the first by name), as Kubernetes picks.
+    async fn admit_default_class(&self, obj: &mut Value, kind: &DefaultClassKind) -> ApiResult<()> {
+        let named = obj
+            .pointer(&format!("/spec/{}", kind.class_field))
             .is_some_and(|v| !v.is_null())
-            || pvc
+            || obj
                 .pointer("/metadata/annotations")
                 .and_then(Value::as_object)
-                .is_some_and(|a| a.contains_key(BETA_STORAGE_CLASS_ANNOTATION));
+                .is_some_and(|a| a.contains_key(kind.legacy_annotation));
         if named {
             return Ok(());
         }
+        let (group, version, plural) = kind.classes;
         let classes = self
             .registry()
-            .get("storage.k8s.io", "v1", "storageclasses")
-            .ok_or_else(|| ApiError::Internal("storageclasses are not registered".into()))?;
+            .get(group, version, plural)
+            .ok_or_else(|| ApiError::Internal(format!("{plural} are not registered")))?;
         let all = self
             .store()
             .range(rudder_store::RangeRequest::prefix(classes.key_prefix()))
@@ -148,53 +168,15 @@ impl ApiServer {
         let mut defaults = Vec::new();
         for kv in &all.kvs {
             let class = decode(kv)?;
-            if is_default_class(&class) {
+            if has_true_annotation(&class, kind.default_annotations) {
                 defaults.push(class);
             }
         }
         if let Some(name) = newest_default(&defaults) {
-            if !pvc["spec"].is_object() {
-                pvc["spec"] = json!({});
+            if !obj["spec"].is_object() {
+                obj["spec"] = json!({});
             }
-            pvc["spec"]["storageClassName"] = json!(name);
-        }
-        Ok(())
-    }
-
-    /// The DefaultIngressClass plugin: an Ingress that names no class (no
-    /// `spec.ingressClassName`, no legacy annotation) gets the IngressClass
-    /// annotated as the default; of several, the newest.
-    async fn admit_default_ingress_class(&self, ingress: &mut Value) -> ApiResult<()> {
-        let named = ingress
-            .pointer("/spec/ingressClassName")
-            .is_some_and(|v| !v.is_null())
-            || ingress
-                .pointer("/metadata/annotations")
-                .and_then(Value::as_object)
-                .is_some_and(|a| a.contains_key(LEGACY_INGRESS_CLASS_ANNOTATION));
-        if named {
-            return Ok(());
-        }
-        let classes = self
-            .registry()
-            .get("networking.k8s.io", "v1", "ingressclasses")
-            .ok_or_else(|| ApiError::Internal("ingressclasses are not registered".into()))?;
-        let all = self
-            .store()
-            .range(rudder_store::RangeRequest::prefix(classes.key_prefix()))
-            .await?;
-        let mut defaults = Vec::new();
-        for kv in &all.kvs {
-            let class = decode(kv)?;
-            if has_true_annotation(&class, &[DEFAULT_INGRESS_CLASS_ANNOTATION]) {
-                defaults.push(class);
-            }
-        }
-        if let Some(name) = newest_default(&defaults) {
-            if !ingress["spec"].is_object() {
-                ingress["spec"] = json!({});
-            }
-            ingress["spec"]["ingressClassName"] = json!(name);
+            obj["spec"][kind.class_field] = json!(name);
         }
         Ok(())
     }
@@ -297,8 +279,14 @@ mod tests {
             "same age: the first by name"
         );
         let annotated = json!({"metadata": {"annotations": {DEFAULT_CLASS_ANNOTATION: "true"}}});
-        assert!(is_default_class(&annotated));
-        assert!(!is_default_class(&json!({"metadata": {}})));
+        assert!(has_true_annotation(
+            &annotated,
+            STORAGE_CLASSES.default_annotations
+        ));
+        assert!(!has_true_annotation(
+            &json!({"metadata": {}}),
+            STORAGE_CLASSES.default_annotations
+        ));
     }
 
     #[test]
