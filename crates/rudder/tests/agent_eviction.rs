@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -74,31 +73,11 @@ impl Cluster {
     }
 
     fn kubectl(&self, args: &[&str]) -> (bool, String) {
-        let output = Command::new("kubectl")
-            .args(args)
-            .env("KUBECONFIG", self.dir.path().join("kubeconfig.yaml"))
-            .output()
-            .unwrap();
-        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stderr));
-        (output.status.success(), text)
+        support::kubectl(&self.dir.path().join("kubeconfig.yaml"), args)
     }
 
     fn apply(&self, yaml: &str) {
-        let mut child = Command::new("kubectl")
-            .args(["apply", "-f", "-"])
-            .env("KUBECONFIG", self.dir.path().join("kubeconfig.yaml"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(yaml.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success());
+        support::kubectl_apply(&self.dir.path().join("kubeconfig.yaml"), yaml);
     }
 
     fn pod(&self, name: &str, path: &str) -> String {

@@ -193,14 +193,7 @@ impl Cluster {
     }
 
     fn kubectl(&self, args: &[&str]) -> (bool, String) {
-        let output = Command::new("kubectl")
-            .args(args)
-            .env("KUBECONFIG", self.dir.path().join("server/kubeconfig.yaml"))
-            .output()
-            .unwrap();
-        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stderr));
-        (output.status.success(), text)
+        support::kubectl(&self.dir.path().join("server/kubeconfig.yaml"), args)
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -210,20 +203,7 @@ impl Cluster {
     }
 
     fn apply(&self, yaml: &str) {
-        let mut child = Command::new("kubectl")
-            .args(["apply", "-f", "-"])
-            .env("KUBECONFIG", self.dir.path().join("server/kubeconfig.yaml"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(yaml.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success());
+        support::kubectl_apply(&self.dir.path().join("server/kubeconfig.yaml"), yaml);
     }
 
     /// What `sh -c script` prints in the client pod (stdout only).

@@ -1,7 +1,8 @@
 //! What the container, CRI, agent and streaming tests share.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 /// Runs `shared/acceptance/images/build.sh` once per test binary: it builds
@@ -27,4 +28,40 @@ pub fn build_test_images() {
             String::from_utf8_lossy(&output.stderr)
         );
     });
+}
+
+/// Runs the real kubectl against `kubeconfig`: whether it succeeded, and
+/// what it printed (stdout, then stderr).
+#[allow(dead_code)] // not every test binary drives kubectl
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let output = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .expect("running kubectl");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// `kubectl apply -f -` of `yaml`, which must succeed.
+#[allow(dead_code)] // not every test binary drives kubectl
+pub fn kubectl_apply(kubeconfig: &Path, yaml: &str) {
+    let mut child = Command::new("kubectl")
+        .args(["apply", "-f", "-"])
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("running kubectl");
+    child
+        .stdin
+        .take()
+        .expect("kubectl's stdin")
+        .write_all(yaml.as_bytes())
+        .expect("writing to kubectl");
+    assert!(
+        child.wait().expect("kubectl").success(),
+        "kubectl apply failed"
+    );
 }
