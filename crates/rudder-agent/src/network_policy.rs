@@ -64,8 +64,8 @@ pub async fn run(client: Client, informers: Informers, config: NetworkPolicyConf
     namespaces.wait_synced().await;
     policies.wait_synced().await;
     match tokio::task::spawn_blocking(policy::ensure_bridge_netfilter).await {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => tracing::warn!(
+        Ok(Ok(policy::BridgeNetfilter::Enabled)) => {}
+        Ok(Ok(policy::BridgeNetfilter::Unavailable)) => tracing::warn!(
             "br_netfilter is not available: traffic between pods of this node bypasses NetworkPolicy"
         ),
         Ok(Err(e)) => tracing::warn!(error = %e, "enabling br_netfilter"),

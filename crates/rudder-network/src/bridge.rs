@@ -156,3 +156,44 @@ mod tests {
         assert!(ipv4_addresses("").is_empty());
     }
 }
+
+const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
+/// Whether bridged IPv4 traffic passes netfilter in this network namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BridgeNetfilter {
+    /// `net.bridge.bridge-nf-call-iptables` is 1 (it was, or we set it).
+    Enabled,
+    /// No `br_netfilter` (not built in, module not loadable).
+    Unavailable,
+}
+
+/// Makes bridged IPv4 traffic pass the netfilter hooks: loads
+/// `br_netfilter` if its sysctls are missing, then sets
+/// `net.bridge.bridge-nf-call-iptables=1` in this network namespace
+/// (per namespace on current kernels). Without it two pods of one bridge
+/// talk past both the Service proxy's conntrack (replies from a DNATed
+/// peer skip the host) and NetworkPolicy's `forward` chain.
+pub fn ensure_bridge_netfilter() -> Result<BridgeNetfilter, NetworkError> {
+    let path = Path::new(BRIDGE_NF_CALL_IPTABLES);
+    if !path.exists() {
+        match Tool::new("modprobe").arg("br_netfilter").run() {
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "modprobe br_netfilter"),
+        }
+        if !path.exists() {
+            return Ok(BridgeNetfilter::Unavailable);
+        }
+    }
+    let current = fs::read_to_string(path).map_err(|source| NetworkError::Io {
+        context: format!("reading {BRIDGE_NF_CALL_IPTABLES}"),
+        source,
+    })?;
+    if current.trim() != "1" {
+        fs::write(path, "1").map_err(|source| NetworkError::Io {
+            context: format!("writing 1 to {BRIDGE_NF_CALL_IPTABLES}"),
+            source,
+        })?;
+    }
+    Ok(BridgeNetfilter::Enabled)
+}

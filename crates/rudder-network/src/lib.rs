@@ -29,6 +29,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+pub use bridge::{ensure_bridge_netfilter, BridgeNetfilter};
 pub use cidr::Ipv4Cidr;
 pub use ipam::Ipam;
 pub use masquerade::Backend;

@@ -29,7 +29,6 @@
 mod render;
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::net::Ipv4Addr;
 
 use rudder_apimachinery::selector::LabelSelector;
@@ -37,6 +36,7 @@ use rudder_apimachinery::selector::LabelSelector;
 use crate::cmd::{find_tool, Tool};
 use crate::{Ipv4Cidr, NetworkError};
 
+pub use crate::bridge::{ensure_bridge_netfilter, BridgeNetfilter};
 pub use render::render;
 
 /// The table's name unless configured (tests use their own).
@@ -247,37 +247,6 @@ pub fn remove(table: &str) -> Result<(), NetworkError> {
             .run()?;
     }
     Ok(())
-}
-
-const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
-
-/// Makes frames crossing a Linux bridge go through the IPv4 netfilter
-/// hooks (`br_netfilter`, `net.bridge.bridge-nf-call-iptables=1`), without
-/// which two pods of one node talk past the `forward` chain. Loads the
-/// module if the setting is missing. Returns whether it is on.
-pub fn ensure_bridge_netfilter() -> Result<bool, NetworkError> {
-    if fs::metadata(BRIDGE_NF_CALL_IPTABLES).is_err() && find_tool("modprobe").is_some() {
-        if let Err(e) = Tool::new("modprobe").arg("br_netfilter").run() {
-            tracing::debug!("loading br_netfilter: {e}");
-        }
-    }
-    let current = match fs::read_to_string(BRIDGE_NF_CALL_IPTABLES) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(source) => {
-            return Err(NetworkError::Io {
-                context: format!("reading {BRIDGE_NF_CALL_IPTABLES}"),
-                source,
-            })
-        }
-    };
-    if current.trim() != "1" {
-        fs::write(BRIDGE_NF_CALL_IPTABLES, "1").map_err(|source| NetworkError::Io {
-            context: format!("writing 1 to {BRIDGE_NF_CALL_IPTABLES}"),
-            source,
-        })?;
-    }
-    Ok(true)
 }
 
 #[cfg(test)]
