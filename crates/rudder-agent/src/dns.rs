@@ -144,10 +144,8 @@ pub async fn run(client: Client, informers: Informers, config: DnsServerConfig) 
     let services = informers.get::<Service>();
     let slices = informers.get::<EndpointSlice>();
     let changed = Arc::new(Notify::new());
-    let c = changed.clone();
-    services.on_change(move |_| c.notify_one());
-    let c = changed.clone();
-    slices.on_change(move |_| c.notify_one());
+    services.notify_on_change(&changed);
+    slices.notify_on_change(&changed);
     services.wait_synced().await;
     slices.wait_synced().await;
 

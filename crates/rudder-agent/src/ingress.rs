@@ -104,19 +104,11 @@ pub async fn sync(client: Client, informers: Informers, controller: IngressContr
             .unwrap_or_default()
     });
     let changed = Arc::new(tokio::sync::Notify::new());
-    macro_rules! notify_on_change {
-        ($($informer:expr),*) => {$({
-            let c = changed.clone();
-            $informer.on_change(move |_| c.notify_one());
-        })*};
-    }
-    notify_on_change!(
-        cached.ingresses,
-        cached.classes,
-        cached.services,
-        cached.slices,
-        cached.secrets
-    );
+    cached.ingresses.notify_on_change(&changed);
+    cached.classes.notify_on_change(&changed);
+    cached.services.notify_on_change(&changed);
+    cached.slices.notify_on_change(&changed);
+    cached.secrets.notify_on_change(&changed);
     cached.ingresses.wait_synced().await;
     cached.classes.wait_synced().await;
     cached.services.wait_synced().await;

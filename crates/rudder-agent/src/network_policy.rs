@@ -52,14 +52,9 @@ pub async fn run(client: Client, informers: Informers, config: NetworkPolicyConf
     let namespaces = informers.get::<Namespace>();
     let policies = informers.get::<net::NetworkPolicy>();
     let changed = Arc::new(tokio::sync::Notify::new());
-    {
-        let c = changed.clone();
-        pods.on_change(move |_| c.notify_one());
-        let c = changed.clone();
-        namespaces.on_change(move |_| c.notify_one());
-        let c = changed.clone();
-        policies.on_change(move |_| c.notify_one());
-    }
+    pods.notify_on_change(&changed);
+    namespaces.notify_on_change(&changed);
+    policies.notify_on_change(&changed);
     pods.wait_synced().await;
     namespaces.wait_synced().await;
     policies.wait_synced().await;

@@ -102,14 +102,8 @@ pub async fn run(client: kube::Client, informers: Informers, options: ProxyOptio
             .unwrap_or_default()
     });
     let changed = Arc::new(Notify::new());
-    {
-        let changed = changed.clone();
-        services.on_change(move |_| changed.notify_one());
-    }
-    {
-        let changed = changed.clone();
-        slices.on_change(move |_| changed.notify_one());
-    }
+    services.notify_on_change(&changed);
+    slices.notify_on_change(&changed);
     services.start();
     slices.start();
     services.wait_synced().await;

@@ -18,10 +18,7 @@ const RESYNC: Duration = Duration::from_secs(30);
 pub async fn run(informers: Informers, routes: NodeRoutes) {
     let nodes = informers.get::<Node>();
     let changed = Arc::new(tokio::sync::Notify::new());
-    {
-        let changed = changed.clone();
-        nodes.on_change(move |_| changed.notify_one());
-    }
+    nodes.notify_on_change(&changed);
     nodes.wait_synced().await;
     let mut ready = false;
     loop {

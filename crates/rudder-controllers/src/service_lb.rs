@@ -39,14 +39,8 @@ impl ServiceLbController {
         let services = ctx.informers.get::<Service>();
         let nodes = ctx.informers.get::<Node>();
         let changed = Arc::new(tokio::sync::Notify::new());
-        {
-            let changed = changed.clone();
-            services.on_change(move |_| changed.notify_one());
-        }
-        {
-            let changed = changed.clone();
-            nodes.on_change(move |_| changed.notify_one());
-        }
+        services.notify_on_change(&changed);
+        nodes.notify_on_change(&changed);
         ServiceLbController {
             client: ctx.client.clone(),
             services,

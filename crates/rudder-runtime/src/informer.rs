@@ -199,6 +199,14 @@ where
         handlers.push(handler);
     }
 
+    /// Wakes `notify` on every change: for loops that recompute a whole
+    /// picture (routes, proxy rules, DNS records) rather than work per key.
+    /// Bursts collapse into one wake-up (`Notify` keeps one permit).
+    pub fn notify_on_change(&self, notify: &Arc<tokio::sync::Notify>) {
+        let notify = notify.clone();
+        self.on_change(move |_| notify.notify_one());
+    }
+
     pub fn get(&self, key: &str) -> Option<Arc<K>> {
         self.inner.state.read().unwrap().objects.get(key).cloned()
     }
