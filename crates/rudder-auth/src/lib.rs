@@ -8,10 +8,11 @@
 //! - `pki`: certificate authorities, certificates, CSRs and join tokens.
 //! - `token`: ServiceAccount JWTs.
 //! - `rbac`, `node`: the RBAC and Node authorizers, NodeRestriction.
-//! - `pod_security`: the Pod Security Standards.
+//! - [`pod_security`]: the Pod Security Standards.
 //! - `audit`: audit policies and the JSON-lines log.
 
 pub mod authorizer;
+pub mod pod_security;
 pub mod user;
 
 pub use authorizer::{Attributes, Decision};
