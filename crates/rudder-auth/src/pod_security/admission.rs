@@ -81,10 +81,14 @@ pub fn pod_template<'a>(
 /// fields the checks do not read, pass unchecked, so pods that were
 /// admitted before a namespace tightened its policy can still be updated.
 pub fn update_needs_check(old_pod: &Value, new_pod: &Value) -> bool {
-    let list = |pod: &Value, field: &str| -> Vec<Value> {
-        pod["spec"][field].as_array().cloned().unwrap_or_default()
-    };
-    let image = |container: &Value| container["image"].clone();
+    fn list<'a>(pod: &'a Value, field: &str) -> Vec<&'a Value> {
+        pod["spec"][field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+    let image = |container: &Value| container["image"].as_str().unwrap_or_default().to_owned();
     for field in ["containers", "initContainers"] {
         let (old, new) = (list(old_pod, field), list(new_pod, field));
         if old.len() != new.len() || old.iter().zip(&new).any(|(o, n)| image(o) != image(n)) {
@@ -92,8 +96,8 @@ pub fn update_needs_check(old_pod: &Value, new_pod: &Value) -> bool {
         }
     }
     let old_ephemeral = list(old_pod, "ephemeralContainers");
-    list(new_pod, "ephemeralContainers").iter().any(|new| {
-        match old_ephemeral.iter().find(|old| old["name"] == new["name"]) {
+    list(new_pod, "ephemeralContainers").into_iter().any(|new| {
+        match old_ephemeral.iter().find(|old| name(old) == name(new)) {
             None => true,
             Some(old) => image(old) != image(new),
         }
