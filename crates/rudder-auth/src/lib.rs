@@ -12,6 +12,7 @@
 //! - `audit`: audit policies and the JSON-lines log.
 
 pub mod authorizer;
+pub mod pki;
 pub mod user;
 
 pub use authorizer::{Attributes, Decision};
