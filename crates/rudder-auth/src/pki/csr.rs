@@ -56,7 +56,9 @@ pub(super) fn parse_with_key(csr_pem: &str) -> Result<(CsrInfo, SubjectPublicKey
                 GeneralName::DNSName(d) => info.dns_names.push(d.to_string()),
                 GeneralName::IPAddress(bytes) => match ip_from_bytes(bytes) {
                     Some(ip) => info.ip_addresses.push(ip),
-                    None => return Err(PkiError::invalid("IP subjectAltName", format!("{bytes:?}"))),
+                    None => {
+                        return Err(PkiError::invalid("IP subjectAltName", format!("{bytes:?}")))
+                    }
                 },
                 GeneralName::RFC822Name(e) => info.email_addresses.push(e.to_string()),
                 GeneralName::URI(u) => info.uris.push(u.to_string()),
@@ -97,7 +99,10 @@ pub fn new_key_and_csr(
         Some(rewrite) => rewrite.apply(csr.der(), &key)?,
         None => csr.der().to_vec(),
     };
-    Ok((key.serialize_pem(), pem_encode("CERTIFICATE REQUEST", &csr_der)))
+    Ok((
+        key.serialize_pem(),
+        pem_encode("CERTIFICATE REQUEST", &csr_der),
+    ))
 }
 
 /// The Kubernetes signers (`spec.signerName` of a

@@ -168,7 +168,10 @@ mod tests {
         let long = tlv(0x04, &[0u8; 300]);
         assert_eq!(&long[..4], &[0x04, 0x82, 0x01, 0x2c]);
         let (parsed, rest) = split_tlv(&long).expect("parses");
-        assert_eq!((parsed.tag, parsed.content.len(), rest.len()), (0x04, 300, 0));
+        assert_eq!(
+            (parsed.tag, parsed.content.len(), rest.len()),
+            (0x04, 300, 0)
+        );
     }
 
     #[test]

@@ -195,7 +195,10 @@ mod tests {
         let text = format!("K10{hash}::server:s3cret");
         let token = JoinToken::parse(&text).unwrap();
         assert_eq!(token.ca_hash.as_deref(), Some(hash.as_str()));
-        assert_eq!((token.username.as_str(), token.secret.as_str()), ("server", "s3cret"));
+        assert_eq!(
+            (token.username.as_str(), token.secret.as_str()),
+            ("server", "s3cret")
+        );
         assert_eq!(token.to_string(), text);
         assert!(token.matches_ca(CA.as_bytes()));
         assert!(!token.matches_ca(b"another CA"));
@@ -238,7 +241,10 @@ mod tests {
         let written = fs::read_to_string(dir.path().join(NODE_TOKEN_FILE)).unwrap();
         assert_eq!(JoinToken::parse(&written).unwrap(), first);
         for file in [TOKEN_FILE, NODE_TOKEN_FILE] {
-            let mode = fs::metadata(dir.path().join(file)).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{file}");
         }
         let rotated = rotate_join_token(dir.path(), CA).unwrap();

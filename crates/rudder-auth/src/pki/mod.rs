@@ -204,7 +204,10 @@ impl ClusterPki {
         };
         self.ensure_leaf(stem, &wanted, Usage::Server, |have| {
             wanted.dns_names.iter().all(|d| have.dns_names.contains(d))
-                && wanted.ip_addresses.iter().all(|i| have.ip_addresses.contains(i))
+                && wanted
+                    .ip_addresses
+                    .iter()
+                    .all(|i| have.ip_addresses.contains(i))
         })
     }
 
@@ -510,8 +513,8 @@ fn load_or_create_ca(dir: &Path, stem: &str) -> Result<Ca, PkiError> {
         }
         Err(e) => return Err(PkiError::io(&crt)(e)),
     };
-    let key_pair =
-        KeyPair::from_pem(&key_pem).map_err(|e| PkiError::invalid("CA key", format!("{}: {e}", key.display())))?;
+    let key_pair = KeyPair::from_pem(&key_pem)
+        .map_err(|e| PkiError::invalid("CA key", format!("{}: {e}", key.display())))?;
     let issuer = Issuer::from_ca_cert_pem(&cert_pem, key_pair)
         .map_err(|e| PkiError::invalid("CA certificate", format!("{}: {e}", crt.display())))?;
     Ok(Ca {
@@ -641,6 +644,15 @@ fn first_cert_der(pem: &str) -> Result<Vec<u8>, PkiError> {
 /// groups.
 pub fn client_identity(cert_der: &[u8]) -> Result<(String, Vec<String>), PkiError> {
     Ok(name_of(&parse_cert(cert_der)?))
+}
+
+/// The credential id Kubernetes records for a client certificate (user
+/// extra `authentication.kubernetes.io/credential-id`):
+/// `X509SHA256=<hex SHA-256 of the certificate DER>`.
+pub fn x509_credential_id(cert_der: &[u8]) -> String {
+    let hash = ring::digest::digest(&ring::digest::SHA256, cert_der);
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("X509SHA256={hex}")
 }
 
 /// When the first certificate of `cert_pem` expires.

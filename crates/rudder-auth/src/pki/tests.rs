@@ -67,7 +67,10 @@ fn a_ca_certificate_without_its_key_is_never_replaced() {
 fn serving_certificates_cover_their_names_and_follow_them() {
     let dir = tempfile::tempdir().unwrap();
     let pki = ClusterPki::load_or_create(dir.path()).unwrap();
-    let dns = vec!["kubernetes".to_string(), "kubernetes.default.svc".to_string()];
+    let dns = vec![
+        "kubernetes".to_string(),
+        "kubernetes.default.svc".to_string(),
+    ];
     let ips = vec![ip(127, 0, 0, 1), ip(10, 43, 0, 1)];
     let first = pki
         .ensure_serving(SERVING_KUBE_APISERVER, &dns, &ips)
@@ -91,7 +94,9 @@ fn serving_certificates_cover_their_names_and_follow_them() {
     // A restart asks for the same names, or fewer: nothing changes.
     let restarted = ClusterPki::load_or_create(dir.path()).unwrap();
     assert_eq!(
-        restarted.ensure_serving(SERVING_KUBE_APISERVER, &dns, &ips).unwrap(),
+        restarted
+            .ensure_serving(SERVING_KUBE_APISERVER, &dns, &ips)
+            .unwrap(),
         first
     );
     assert_eq!(
@@ -123,7 +128,10 @@ fn client_certificates_are_reissued_when_expiring_or_naming_someone_else() {
         .unwrap();
     assert_eq!(
         client_identity(&der_of(&admin.cert_pem)).unwrap(),
-        ("system:admin".to_string(), vec!["system:masters".to_string()])
+        (
+            "system:admin".to_string(),
+            vec!["system:masters".to_string()]
+        )
     );
     let leaf = facts(&admin.cert_pem);
     assert!(leaf.client_auth && !leaf.server_auth && leaf.signed_by(&pki.client_ca));
@@ -133,12 +141,21 @@ fn client_certificates_are_reissued_when_expiring_or_naming_someone_else() {
         admin
     );
 
-    let renamed = pki.ensure_client(CLIENT_ADMIN, "root", &["system:masters"]).unwrap();
-    assert_eq!(client_identity(&der_of(&renamed.cert_pem)).unwrap().0, "root");
+    let renamed = pki
+        .ensure_client(CLIENT_ADMIN, "root", &["system:masters"])
+        .unwrap();
+    assert_eq!(
+        client_identity(&der_of(&renamed.cert_pem)).unwrap().0,
+        "root"
+    );
 
     // Expiring within 90 days: re-issued for a year.
     let short = pki
-        .issue_client("system:admin", &["system:masters"], Duration::from_secs(30 * 24 * 3600))
+        .issue_client(
+            "system:admin",
+            &["system:masters"],
+            Duration::from_secs(30 * 24 * 3600),
+        )
         .unwrap();
     fs::write(dir.path().join("client-admin.crt"), &short.cert_pem).unwrap();
     fs::write(dir.path().join("client-admin.key"), &short.key_pem).unwrap();
@@ -168,16 +185,26 @@ fn several_organizations_are_all_groups() {
         client_identity(&der_of(&jane.cert_pem)).unwrap(),
         (
             "jane".to_string(),
-            vec!["dev".to_string(), "ops".to_string(), "system:masters".to_string()]
+            vec![
+                "dev".to_string(),
+                "ops".to_string(),
+                "system:masters".to_string()
+            ]
         )
     );
     let leaf = facts(&jane.cert_pem);
-    assert!(leaf.signed_by(&pki.client_ca), "the rewritten certificate is signed again");
+    assert!(
+        leaf.signed_by(&pki.client_ca),
+        "the rewritten certificate is signed again"
+    );
     assert!(leaf.key_matches(&jane.key_pem));
 
     let (_, csr) = new_key_and_csr("bob", &["a", "b"], &[], &[]).unwrap();
     let info = parse_csr(&csr).unwrap();
-    assert_eq!((info.common_name.as_str(), info.organizations.len()), ("bob", 2));
+    assert_eq!(
+        (info.common_name.as_str(), info.organizations.len()),
+        ("bob", 2)
+    );
 }
 
 #[test]
@@ -194,7 +221,10 @@ fn csrs_round_trip_through_the_signers() {
         .unwrap();
     assert_eq!(
         client_identity(&der_of(&cert)).unwrap(),
-        ("system:node:n1".to_string(), vec!["system:nodes".to_string()])
+        (
+            "system:node:n1".to_string(),
+            vec!["system:nodes".to_string()]
+        )
     );
     let leaf = facts(&cert);
     assert!(leaf.client_auth && leaf.signed_by(&pki.client_ca) && leaf.key_matches(&key));
@@ -203,13 +233,19 @@ fn csrs_round_trip_through_the_signers() {
     let ips = vec![ip(10, 0, 0, 5)];
     let (key, csr) = new_key_and_csr("system:node:n1", &["system:nodes"], &dns, &ips).unwrap();
     let info = parse_csr(&csr).unwrap();
-    assert_eq!((info.dns_names.clone(), info.ip_addresses.clone()), (dns.clone(), ips.clone()));
+    assert_eq!(
+        (info.dns_names.clone(), info.ip_addresses.clone()),
+        (dns.clone(), ips.clone())
+    );
     let cert = pki
         .sign_csr(&csr, Signer::KubeletServing, Duration::from_secs(3600))
         .unwrap();
     let leaf = facts(&cert);
     assert!(leaf.server_auth && leaf.signed_by(&pki.server_ca) && leaf.key_matches(&key));
-    assert_eq!((leaf.subject.dns_names, leaf.subject.ip_addresses), (dns, ips));
+    assert_eq!(
+        (leaf.subject.dns_names, leaf.subject.ip_addresses),
+        (dns, ips)
+    );
     assert!(not_after(&cert).unwrap() < SystemTime::now() + Duration::from_secs(3601));
 
     // A node client certificate names no host: Kubernetes' message.
@@ -230,7 +266,10 @@ fn a_tampered_csr_is_refused() {
     der[at + 1] = b'2';
     let tampered = pem_encode("CERTIFICATE REQUEST", &der);
     assert!(matches!(parse_csr(&tampered), Err(PkiError::CsrSignature)));
-    assert!(matches!(parse_csr("not a csr"), Err(PkiError::NotAllowed(_))));
+    assert!(matches!(
+        parse_csr("not a csr"),
+        Err(PkiError::NotAllowed(_))
+    ));
 }
 
 use rustls_pki_types::CertificateSigningRequestDer;
@@ -289,10 +328,18 @@ fn signers_restrict_what_they_sign() {
             not_a_node.clone(),
             Err("subject common name does not begin with system:node:"),
         ),
-        (KubeletServing, email.clone(), Err("Email subjectAltNames are not allowed")),
+        (
+            KubeletServing,
+            email.clone(),
+            Err("Email subjectAltNames are not allowed"),
+        ),
         (KubeApiserverClient, other_org, Ok(())),
         (KubeApiserverClient, not_a_node, Ok(())),
-        (KubeApiserverClient, email, Err("Email subjectAltNames are not allowed")),
+        (
+            KubeApiserverClient,
+            email,
+            Err("Email subjectAltNames are not allowed"),
+        ),
     ];
     for (signer, csr, want) in cases {
         let got = signer.check(&csr).map_err(|e| e.to_string());
@@ -304,7 +351,11 @@ fn signers_restrict_what_they_sign() {
         .check_usages(&usages(&["digital signature", "server auth"]))
         .is_ok());
     assert!(KubeletServing
-        .check_usages(&usages(&["server auth", "key encipherment", "digital signature"]))
+        .check_usages(&usages(&[
+            "server auth",
+            "key encipherment",
+            "digital signature"
+        ]))
         .is_ok());
     assert_eq!(
         KubeletServing
@@ -316,7 +367,9 @@ fn signers_restrict_what_they_sign() {
     assert!(KubeApiserverClientKubelet
         .check_usages(&usages(&["digital signature", "client auth"]))
         .is_ok());
-    assert!(KubeApiserverClient.check_usages(&usages(&["client auth"])).is_ok());
+    assert!(KubeApiserverClient
+        .check_usages(&usages(&["client auth"]))
+        .is_ok());
     assert!(KubeApiserverClient
         .check_usages(&usages(&["client auth", "server auth"]))
         .is_err());
@@ -378,7 +431,10 @@ fn rotation_reissues_every_leaf_and_keeps_the_cas() {
 
     let new_serving = pki.read_leaf(SERVING_KUBE_APISERVER).unwrap();
     assert_ne!(new_serving, serving);
-    assert_eq!(facts(&new_serving.cert_pem).subject, facts(&serving.cert_pem).subject);
+    assert_eq!(
+        facts(&new_serving.cert_pem).subject,
+        facts(&serving.cert_pem).subject
+    );
     assert!(facts(&new_serving.cert_pem).server_auth);
     let new_admin = pki.read_leaf(CLIENT_ADMIN).unwrap();
     assert_ne!(new_admin.key_pem, admin.key_pem);
@@ -412,7 +468,10 @@ async fn handshake(
             .and_then(|certs| certs.first())
             .map(|c| c.to_vec());
         let mut buf = [0u8; 5];
-        stream.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+        stream
+            .read_exact(&mut buf)
+            .await
+            .map_err(|e| e.to_string())?;
         stream.write_all(&buf).await.map_err(|e| e.to_string())?;
         stream.shutdown().await.map_err(|e| e.to_string())?;
         Ok::<_, String>(peer)
@@ -423,9 +482,15 @@ async fn handshake(
             .connect(name, client_io)
             .await
             .map_err(|e| e.to_string())?;
-        stream.write_all(b"hello").await.map_err(|e| e.to_string())?;
+        stream
+            .write_all(b"hello")
+            .await
+            .map_err(|e| e.to_string())?;
         let mut buf = [0u8; 5];
-        stream.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+        stream
+            .read_exact(&mut buf)
+            .await
+            .map_err(|e| e.to_string())?;
         assert_eq!(&buf, b"hello");
         Ok::<_, String>(())
     }
@@ -443,7 +508,11 @@ async fn tls_with_and_without_client_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let pki = ClusterPki::load_or_create(dir.path()).unwrap();
     let serving = pki
-        .ensure_serving(SERVING_KUBE_APISERVER, &["kubernetes".to_string()], &[ip(127, 0, 0, 1)])
+        .ensure_serving(
+            SERVING_KUBE_APISERVER,
+            &["kubernetes".to_string()],
+            &[ip(127, 0, 0, 1)],
+        )
         .unwrap();
     let server = server_config(&serving, pki.client_ca_pem()).unwrap();
     assert_eq!(server.alpn_protocols, vec![b"http/1.1".to_vec()]);
@@ -453,32 +522,54 @@ async fn tls_with_and_without_client_certificates() {
 
     // With a client certificate: the server sees who it is.
     let client = client_config(pki.server_ca_pem(), Some(&admin)).unwrap();
-    let peer = handshake(server.clone(), client, "kubernetes").await.unwrap();
+    let peer = handshake(server.clone(), client, "kubernetes")
+        .await
+        .unwrap();
     let peer = peer.expect("the server saw the client certificate");
+    assert_eq!(peer, der_of(&admin.cert_pem));
+    assert!(x509_credential_id(&peer).starts_with("X509SHA256="));
+    assert_eq!(x509_credential_id(&peer).len(), "X509SHA256=".len() + 64);
     assert_eq!(
         client_identity(&peer).unwrap(),
-        ("system:admin".to_string(), vec!["system:masters".to_string()])
+        (
+            "system:admin".to_string(),
+            vec!["system:masters".to_string()]
+        )
     );
 
     // webpki accepts a certificate whose subject was rewritten (several
     // organizations) and the server sees every group.
-    let jane = pki.issue_client("jane", &["dev", "ops"], LEAF_VALIDITY).unwrap();
+    let jane = pki
+        .issue_client("jane", &["dev", "ops"], LEAF_VALIDITY)
+        .unwrap();
     let client = client_config(pki.server_ca_pem(), Some(&jane)).unwrap();
-    let peer = handshake(server.clone(), client, "kubernetes").await.unwrap().unwrap();
+    let peer = handshake(server.clone(), client, "kubernetes")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(client_identity(&peer).unwrap().1, ["dev", "ops"]);
 
     // Without one (a bearer token client), by IP address.
     let anonymous = client_config(pki.server_ca_pem(), None).unwrap();
-    assert_eq!(handshake(server.clone(), anonymous, "127.0.0.1").await.unwrap(), None);
+    assert_eq!(
+        handshake(server.clone(), anonymous, "127.0.0.1")
+            .await
+            .unwrap(),
+        None
+    );
 
     // A name the certificate does not cover fails.
     let anonymous = client_config(pki.server_ca_pem(), None).unwrap();
-    assert!(handshake(server.clone(), anonymous, "elsewhere").await.is_err());
+    assert!(handshake(server.clone(), anonymous, "elsewhere")
+        .await
+        .is_err());
 
     // Trusting another CA fails.
     let other = ClusterPki::load_or_create(&dir.path().join("other")).unwrap();
     let wrong_ca = client_config(other.server_ca_pem(), Some(&admin)).unwrap();
-    let err = handshake(server.clone(), wrong_ca, "kubernetes").await.unwrap_err();
+    let err = handshake(server.clone(), wrong_ca, "kubernetes")
+        .await
+        .unwrap_err();
     assert!(err.contains("invalid peer certificate"), "{err}");
 
     // A client certificate from another CA is refused by the server.
@@ -486,9 +577,14 @@ async fn tls_with_and_without_client_certificates() {
         .issue_client("system:admin", &["system:masters"], LEAF_VALIDITY)
         .unwrap();
     let forger = client_config(pki.server_ca_pem(), Some(&forged)).unwrap();
-    assert!(handshake(server.clone(), forger, "kubernetes").await.is_err());
+    assert!(handshake(server.clone(), forger, "kubernetes")
+        .await
+        .is_err());
 
     // The unverified client connects to anyone: the join-time CA fetch.
     let unverified = unverified_client_config();
-    assert_eq!(handshake(server, unverified, "elsewhere").await.unwrap(), None);
+    assert_eq!(
+        handshake(server, unverified, "elsewhere").await.unwrap(),
+        None
+    );
 }

@@ -28,10 +28,12 @@ pub fn server_config(
     client_ca_pem: &str,
 ) -> Result<Arc<ServerConfig>, PkiError> {
     let provider = provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(client_ca_pem)?), provider.clone())
-            .allow_unauthenticated()
-            .build()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(client_ca_pem)?),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -69,7 +71,9 @@ pub fn client_config(
 /// checked, which proves nothing about who the server is.)
 pub fn unverified_client_config() -> Arc<ClientConfig> {
     let provider = provider();
-    let verifier = Arc::new(AcceptAnyServerCert(provider.signature_verification_algorithms));
+    let verifier = Arc::new(AcceptAnyServerCert(
+        provider.signature_verification_algorithms,
+    ));
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("the ring provider supports the default protocol versions")
@@ -128,7 +132,8 @@ fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
 }
 
 fn key(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::invalid("private key PEM", e))
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| PkiError::invalid("private key PEM", e))
 }
 
 fn roots(ca_pem: &str) -> Result<RootCertStore, PkiError> {
