@@ -5,13 +5,15 @@
 //! - [`user`]: who is asking ([`UserInfo`]), as authentication found it.
 //! - [`authorizer`]: what they ask for ([`Attributes`]) and the answer
 //!   ([`Decision`]), the contract every authorizer follows.
-//! - `pki`: certificate authorities, certificates, CSRs and join tokens.
-//! - `token`: ServiceAccount JWTs.
+//! - [`pki`]: certificate authorities, certificates, CSRs, join tokens and
+//!   rustls configurations.
+//! - [`token`]: ServiceAccount JWTs.
 //! - `rbac`, `node`: the RBAC and Node authorizers, NodeRestriction.
 //! - [`pod_security`]: the Pod Security Standards.
 //! - `audit`: audit policies and the JSON-lines log.
 
 pub mod authorizer;
+pub mod pki;
 pub mod pod_security;
 pub mod user;
 

@@ -1,0 +1,147 @@
+//! rustls configurations for the API server, node agents and their
+//! clients, always on the `ring` provider (named explicitly, so that no
+//! process-wide default decides which cryptography runs).
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use super::{CertAndKey, PkiError};
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS server presenting `serving` that asks for, but does not require,
+/// a client certificate signed by `client_ca_pem`: clients without one can
+/// still authenticate with a bearer token, and a client that presents a
+/// certificate the CA did not sign fails the handshake. The certificate
+/// the client presented is then the connection's `peer_certificates()`.
+/// ALPN offers `http/1.1` only (the servers speak HTTP/1.1).
+pub fn server_config(
+    serving: &CertAndKey,
+    client_ca_pem: &str,
+) -> Result<Arc<ServerConfig>, PkiError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(client_ca_pem)?),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(&serving.cert_pem)?, key(&serving.key_pem)?)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A TLS client that trusts only `ca_pem` and, when given one, presents
+/// `client`'s certificate.
+pub fn client_config(
+    ca_pem: &str,
+    client: Option<&CertAndKey>,
+) -> Result<Arc<ClientConfig>, PkiError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca_pem)?);
+    let config = match client {
+        Some(client) => {
+            builder.with_client_auth_cert(certs(&client.cert_pem)?, key(&client.key_pem)?)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// **DANGER: this client accepts ANY server certificate.** It authenticates
+/// nothing: whoever answers can read and change everything sent over it.
+///
+/// It exists for one step only: a node joining with a token fetches the
+/// cluster's CA bundle over it, then checks the bundle against the hash the
+/// join token pins ([`super::JoinToken::matches_ca`]) and from then on
+/// uses [`client_config`] with that CA. Never send a secret over it, never
+/// use it for anything else. (The server's handshake signature is still
+/// checked, which proves nothing about who the server is.)
+pub fn unverified_client_config() -> Arc<ClientConfig> {
+    let provider = provider();
+    let verifier = Arc::new(AcceptAnyServerCert(
+        provider.signature_verification_algorithms,
+    ));
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+#[derive(Debug)]
+struct AcceptAnyServerCert(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for AcceptAnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PkiError::invalid("certificate PEM", e))?;
+    if certs.is_empty() {
+        return Err(PkiError::invalid("certificate PEM", "no certificate in it"));
+    }
+    Ok(certs)
+}
+
+fn key(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| PkiError::invalid("private key PEM", e))
+}
+
+fn roots(ca_pem: &str) -> Result<RootCertStore, PkiError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs(ca_pem)? {
+        roots
+            .add(cert)
+            .map_err(|e| PkiError::invalid("CA certificate", e))?;
+    }
+    Ok(roots)
+}
