@@ -12,6 +12,8 @@
 //! - `audit`: audit policies and the JSON-lines log.
 
 pub mod authorizer;
+pub mod node;
+pub mod rbac;
 pub mod user;
 
 pub use authorizer::{Attributes, Decision};
