@@ -8,13 +8,16 @@
 //! - [`pki`]: certificate authorities, certificates, CSRs, join tokens and
 //!   rustls configurations.
 //! - [`token`]: ServiceAccount JWTs.
-//! - `rbac`, `node`: the RBAC and Node authorizers, NodeRestriction.
+//! - [`rbac`], [`node`]: the RBAC and Node authorizers, NodeRestriction.
 //! - [`pod_security`]: the Pod Security Standards.
 //! - `audit`: audit policies and the JSON-lines log.
 
 pub mod authorizer;
+pub mod node;
 pub mod pki;
 pub mod pod_security;
+pub mod rbac;
+pub mod token;
 pub mod user;
 
 pub use authorizer::{Attributes, Decision};

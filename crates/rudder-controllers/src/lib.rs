@@ -8,6 +8,7 @@
 //! cache, and write only through the API. One module per controller, each
 //! with its tests against a real in-process API server.
 
+pub mod clusterrole_aggregation;
 pub mod context;
 pub mod cronjob;
 pub mod daemonset;
@@ -75,6 +76,7 @@ pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("horizontalpodautoscaling", horizontal_pod_autoscaler::start),
     ("servicelb", service_lb::start),
     ("ingress", ingress::start),
+    ("clusterrole-aggregation", clusterrole_aggregation::start),
 ];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to
