@@ -69,7 +69,81 @@ pub(crate) async fn run(server: &ApiServer) -> Result<(), ApiError> {
         }
     }
     system_services(server).await?;
+    if server.security().is_some() {
+        default_rbac_policy(server).await?;
+    }
     kubernetes_endpoints(server).await
+}
+
+/// The default ClusterRoles and ClusterRoleBindings (kube-apiserver's
+/// bootstrap policy and the roles Rudder's components need). Missing ones
+/// are created; ones annotated `rbac.authorization.kubernetes.io/autoupdate:
+/// "true"` are brought back to the default rules and subjects at every
+/// start, as kube-apiserver reconciles them (an aggregated role keeps the
+/// rules its aggregation controller gathered).
+async fn default_rbac_policy(server: &ApiServer) -> Result<(), ApiError> {
+    let kinds = [
+        ("clusterroles", rudder_auth::rbac::bootstrap_cluster_roles()),
+        (
+            "clusterrolebindings",
+            rudder_auth::rbac::bootstrap_cluster_role_bindings(),
+        ),
+    ];
+    for (plural, objects) in kinds {
+        let info = server
+            .registry()
+            .get("rbac.authorization.k8s.io", "v1", plural)
+            .ok_or_else(|| ApiError::Internal(format!("{plural} are not registered")))?;
+        for mut object in objects {
+            let name = object::name(&object).to_owned();
+            let key = info.key(None, &name);
+            let (existing, _) = server.store().get(&key, None).await?;
+            match existing {
+                None => {
+                    object["metadata"]["uid"] = json!(object::new_uid());
+                    object["metadata"]["creationTimestamp"] = json!(object::now_rfc3339());
+                    match server
+                        .store()
+                        .create(&key, serde_json::to_vec(&object).unwrap_or_default())
+                        .await
+                    {
+                        Ok(_) | Err(rudder_store::StoreError::AlreadyExists { .. }) => {}
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+                Some(kv) => {
+                    let current = crate::rest::decode(&kv)?;
+                    let autoupdate = current
+                        .pointer("/metadata/annotations/rbac.authorization.kubernetes.io~1autoupdate")
+                        .and_then(serde_json::Value::as_str)
+                        == Some("true");
+                    if !autoupdate {
+                        continue;
+                    }
+                    let mut wanted = current.clone();
+                    let aggregated = object.get("aggregationRule").is_some();
+                    for field in ["rules", "aggregationRule", "roleRef", "subjects"] {
+                        if field == "rules" && aggregated {
+                            continue;
+                        }
+                        match object.get(field) {
+                            Some(value) => wanted[field] = value.clone(),
+                            None => {
+                                wanted.as_object_mut().map(|o| o.remove(field));
+                            }
+                        }
+                    }
+                    if wanted != current {
+                        let _ = server
+                            .store()
+                            .update(&key, serde_json::to_vec(&wanted).unwrap_or_default(), kv.mod_revision)
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The `kubernetes` Service's EndpointSlice: this API server's address, so

@@ -132,6 +132,10 @@ pub enum ApiError {
     #[error("{0}")]
     Forbidden(String),
 
+    /// 401: no credentials, or credentials that do not hold.
+    #[error("Unauthorized")]
+    Unauthorized,
+
     #[error("{0}")]
     MethodNotAllowed(String),
 
@@ -188,6 +192,29 @@ impl ApiError {
         }))
     }
 
+    /// A 422 for a kind that is not stored (reviews, token requests): one
+    /// field and its message (`Required value: …`, `Invalid value: …`).
+    pub fn invalid_simple(kind: &str, name: &str, field: &str, message: &str) -> Self {
+        ApiError::Invalid(Box::new(Invalid {
+            kind: kind.to_owned(),
+            target: Target {
+                qualified: kind.to_lowercase(),
+                group: String::new(),
+                resource: kind.to_lowercase(),
+                name: name.to_owned(),
+            },
+            causes: vec![FieldCause {
+                reason: if message.starts_with("Required") {
+                    "FieldValueRequired"
+                } else {
+                    "FieldValueInvalid"
+                },
+                field: field.to_owned(),
+                message: message.to_owned(),
+            }],
+        }))
+    }
+
     pub fn modified(info: &ResourceInfo, name: &str) -> Self {
         ApiError::Conflict(
             Target::new(info, name),
@@ -219,6 +246,7 @@ impl ApiError {
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ApiError::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "NotAcceptable"),
             ApiError::UnsupportedMediaType(_) => {

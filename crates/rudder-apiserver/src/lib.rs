@@ -4,6 +4,7 @@
 //! as a `metav1.Status` built in one place, [`ApiError`].
 
 mod admission;
+mod auth;
 mod bootstrap;
 mod cache;
 mod crd;
@@ -39,6 +40,7 @@ use axum::Router;
 use rudder_store::DynStore;
 use tokio::net::TcpListener;
 
+pub use auth::SecurityConfig;
 pub use error::{ApiError, FieldCause};
 pub use registry::{Registry, ResourceInfo};
 pub use service_alloc::ServiceCidr;
@@ -66,6 +68,10 @@ struct Inner {
     /// Set when the server shuts down: open watches end, so the graceful
     /// shutdown does not wait for their clients.
     closing: tokio::sync::watch::Sender<bool>,
+    /// HTTPS, authentication and authorization; `None` serves plain HTTP
+    /// to anyone (in-process tests and embedding only: `rudder server`
+    /// always sets it).
+    security: Option<Arc<auth::Security>>,
 }
 
 impl ApiServer {
@@ -88,6 +94,7 @@ impl ApiServer {
                 custom: std::sync::Mutex::new(Default::default()),
                 caches: cache::WatchCaches::default(),
                 closing: tokio::sync::watch::channel(false).0,
+                security: None,
             }),
         }
     }
@@ -108,6 +115,25 @@ impl ApiServer {
             .expect("the service CIDR is set before the server is shared")
             .services = services;
         self
+    }
+
+    /// Serves HTTPS only, authenticates every request and authorizes it
+    /// (system:masters, the Node authorizer, RBAC). Call before the server
+    /// is cloned or served.
+    pub fn with_security(mut self, config: SecurityConfig) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("security is set before the server is shared")
+            .security = Some(Arc::new(auth::Security::new(config)));
+        self
+    }
+
+    pub(crate) fn security(&self) -> Option<&auth::Security> {
+        self.inner.security.as_deref()
+    }
+
+    /// Open watches end from now on.
+    pub(crate) fn begin_closing(&self) {
+        self.inner.closing.send_replace(true);
     }
 
     pub(crate) fn services(&self) -> &service_alloc::ServiceAllocator {
@@ -156,6 +182,10 @@ impl ApiServer {
     pub fn router(&self) -> Router {
         health::routes()
             .fallback(dispatch)
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                auth::guard,
+            ))
             .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(self.clone())
     }
@@ -167,6 +197,9 @@ impl ApiServer {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        if let Some(tls) = self.security().map(|s| s.config.tls.clone()) {
+            return auth::tls::serve(self, listener, tls, shutdown).await;
+        }
         let app = self
             .router()
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -199,6 +232,15 @@ async fn dispatch(State(server): State<ApiServer>, request: Request<Body>) -> Re
             if let Some(response) = server.openapi_document(&path) {
                 return Ok(response);
             }
+        }
+        if server.security().is_some() && auth::is_review(&path) {
+            let body = rest::read_body(body).await?;
+            if let Some(answer) = auth::serve_review(&server, &parts.method, &path, &body).await {
+                return answer;
+            }
+            return Err(ApiError::MethodNotAllowed(format!(
+                "the server does not allow this method on the requested resource"
+            )));
         }
         let Some(target) = request::parse_resource_path(server.registry(), &path)? else {
             return Err(ApiError::NotFoundPath);

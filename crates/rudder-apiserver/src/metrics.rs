@@ -172,7 +172,9 @@ async fn node_metrics(
         })
         .filter(|n| selection.matches(&json!({"metadata": metadata_of(n)})))
         .collect();
-    let summaries = futures::future::join_all(nodes.iter().map(fetch_summary)).await;
+    let dialer = crate::node_proxy::NodeDialer::of(server);
+    let summaries =
+        futures::future::join_all(nodes.iter().map(|node| fetch_summary(&dialer, node))).await;
     let mut items = Vec::new();
     for (node, summary) in nodes.iter().zip(summaries) {
         let Some(summary) = summary else { continue };
@@ -230,11 +232,11 @@ async fn pod_metrics(
         .filter_map(|n| Some((meta(&n).get("name")?.as_str()?.to_owned(), n)))
         .filter(|(name, _)| by_node.contains_key(name))
         .collect();
-    let summaries = futures::future::join_all(
-        nodes
-            .iter()
-            .map(|(name, node)| async move { (name.clone(), fetch_summary(node).await) }),
-    )
+    let dialer = crate::node_proxy::NodeDialer::of(server);
+    let dialer = &dialer;
+    let summaries = futures::future::join_all(nodes.iter().map(|(name, node)| async move {
+        (name.clone(), fetch_summary(dialer, node).await)
+    }))
     .await;
     let mut items = Vec::new();
     for (node, summary) in summaries {
@@ -369,7 +371,7 @@ fn trim_fraction(value: f64) -> String {
 }
 
 /// The node agent's Summary; None (logged) when it cannot be had.
-async fn fetch_summary(node: &Value) -> Option<Value> {
+async fn fetch_summary(dialer: &crate::node_proxy::NodeDialer, node: &Value) -> Option<Value> {
     let name = meta(node).get("name").and_then(Value::as_str).unwrap_or("");
     let address = match crate::node_proxy::node_address(node) {
         Ok(address) => address,
@@ -378,7 +380,7 @@ async fn fetch_summary(node: &Value) -> Option<Value> {
             return None;
         }
     };
-    match tokio::time::timeout(SUMMARY_TIMEOUT, get_summary(&address)).await {
+    match tokio::time::timeout(SUMMARY_TIMEOUT, get_summary(dialer, &address)).await {
         Ok(Ok(summary)) => Some(summary),
         Ok(Err(e)) => {
             tracing::info!(node = name, address, error = %e, "cannot read the node's stats summary");
@@ -391,10 +393,13 @@ async fn fetch_summary(node: &Value) -> Option<Value> {
     }
 }
 
-async fn get_summary(address: &str) -> Result<Value, ApiError> {
+async fn get_summary(
+    dialer: &crate::node_proxy::NodeDialer,
+    address: &str,
+) -> Result<Value, ApiError> {
     let target = "/stats/summary";
-    let url = format!("http://{address}{target}");
-    let mut sender = crate::node_proxy::connect(address, &url).await?;
+    let url = dialer.url(address, target);
+    let mut sender = dialer.connect(address, &url).await?;
     let request = hyper::Request::get(target)
         .header(header::HOST, address)
         .header(header::ACCEPT, "application/json")

@@ -88,7 +88,7 @@ async fn proxy(
             segment(&container),
             options.kubelet_query()
         );
-        return proxy_log(&address, &target, &name).await;
+        return proxy_log(&NodeDialer::of(server), &address, &target, &name).await;
     }
 
     let (pod, _) = server
@@ -155,7 +155,7 @@ async fn proxy(
     if !params.is_empty() {
         target_path = format!("{target_path}?{params}");
     }
-    proxy_upgrade(&address, &target_path, request).await
+    proxy_upgrade(&NodeDialer::of(server), &address, &target_path, request).await
 }
 
 /// `PodLogOptions` from the query.
@@ -424,16 +424,68 @@ pub(crate) fn node_address(node: &Value) -> Result<String, ApiError> {
     })
 }
 
-/// Opens an HTTP/1.1 connection to the node agent (upgrades allowed).
-pub(crate) async fn connect(
-    address: &str,
+/// How the API server reaches node agents: plain HTTP on an unsecured
+/// server, else HTTPS with its own client certificate, verifying the
+/// agent's serving certificate against the cluster CA.
+#[derive(Clone)]
+pub(crate) struct NodeDialer {
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl NodeDialer {
+    pub(crate) fn of(server: &ApiServer) -> Self {
+        NodeDialer {
+            tls: server
+                .security()
+                .and_then(|s| s.config.kubelet_client.clone()),
+        }
+    }
+
+    /// `scheme://address/target`, for messages.
+    pub(crate) fn url(&self, address: &str, target: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{address}{target}")
+    }
+
+    /// Opens an HTTP/1.1 connection to the node agent (upgrades allowed).
+    pub(crate) async fn connect(
+        &self,
+        address: &str,
+        url: &str,
+    ) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>, ApiError>
+    {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| ApiError::Internal(format!("Get {url:?}: dial tcp {address}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return handshake(TokioIo::new(stream), url).await;
+        };
+        let host = address
+            .rsplit_once(':')
+            .map_or(address, |(host, _)| host)
+            .trim_matches(|c| c == '[' || c == ']');
+        let name = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
+            Err(_) => rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| ApiError::Internal(format!("Get {url:?}: {e}")))?,
+        };
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, stream)
+            .await
+            .map_err(|e| ApiError::Internal(format!("Get {url:?}: tls: {e}")))?;
+        handshake(TokioIo::new(stream), url).await
+    }
+}
+
+async fn handshake<IO>(
+    io: IO,
     url: &str,
-) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>, ApiError> {
-    let stream = tokio::net::TcpStream::connect(address)
-        .await
-        .map_err(|e| ApiError::Internal(format!("Get {url:?}: dial tcp {address}: {e}")))?;
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>, ApiError>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| ApiError::Internal(format!("Get {url:?}: {e}")))?;
     tokio::spawn(async move {
@@ -444,9 +496,14 @@ pub(crate) async fn connect(
     Ok(sender)
 }
 
-async fn proxy_log(address: &str, target: &str, name: &str) -> Result<Response, ApiError> {
-    let url = format!("http://{address}{target}");
-    let mut sender = connect(address, &url).await?;
+async fn proxy_log(
+    dialer: &NodeDialer,
+    address: &str,
+    target: &str,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let url = dialer.url(address, target);
+    let mut sender = dialer.connect(address, &url).await?;
     let request = hyper::Request::get(target)
         .header(header::HOST, address)
         .body(http_body_util::Empty::<Bytes>::new())
@@ -543,12 +600,13 @@ fn hop_by_hop() -> HashSet<HeaderName> {
 /// Forwards an upgrade request; once the node agent switches protocols,
 /// splices the two upgraded connections.
 async fn proxy_upgrade(
+    dialer: &NodeDialer,
     address: &str,
     target: &str,
     mut request: Request,
 ) -> Result<Response, ApiError> {
-    let url = format!("http://{address}{target}");
-    let mut sender = connect(address, &url).await?;
+    let url = dialer.url(address, target);
+    let mut sender = dialer.connect(address, &url).await?;
     let skip = hop_by_hop();
     let mut forward = hyper::Request::builder()
         .method(request.method().clone())

@@ -607,6 +607,16 @@ const BUILTINS: &[Builtin] = &[
         STATUS,
     ),
     b(
+        "certificates.k8s.io",
+        "v1",
+        "CertificateSigningRequest",
+        "certificatesigningrequests",
+        false,
+        &["csr"],
+        NONE,
+        &["status", "approval"],
+    ),
+    b(
         "apiextensions.k8s.io",
         "v1",
         "CustomResourceDefinition",

@@ -56,6 +56,12 @@ fn json_response_warning(code: StatusCode, body: &Value, warnings: &[String]) ->
     response
 }
 
+/// Subresources that write the status and nothing else: `status`, and a
+/// CertificateSigningRequest's `approval` (its conditions).
+fn is_status_subresource(subresource: Option<&str>) -> bool {
+    matches!(subresource, Some("status") | Some("approval"))
+}
+
 /// Parses a request body as one JSON object.
 pub fn parse_object(body: &[u8]) -> ApiResult<Value> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
@@ -121,11 +127,13 @@ impl ApiServer {
                 self.watch(path, query, &headers).await
             }
             (&Method::GET, false, None) => self.list(path, query, &headers).await,
-            (&Method::GET, true, None | Some("status")) => self.get(path, query, &headers).await,
+            (&Method::GET, true, None | Some("status") | Some("approval")) => {
+                self.get(path, query, &headers).await
+            }
             (&Method::GET, true, Some("scale")) => self.get_scale(path).await,
             (&Method::POST, false, None) => self.create(path, query, &body, manager).await,
             (&Method::POST, true, Some("binding")) => self.bind(path, query, &body).await,
-            (&Method::PUT, true, None | Some("status")) => {
+            (&Method::PUT, true, None | Some("status") | Some("approval")) => {
                 self.update(path, query, &body, manager).await
             }
             (&Method::PUT, true, Some("finalize")) => {
@@ -134,7 +142,7 @@ impl ApiServer {
             (&Method::PUT, true, Some("scale")) => {
                 self.update_scale(path, query, &body, manager).await
             }
-            (&Method::PATCH, true, None | Some("status")) => {
+            (&Method::PATCH, true, None | Some("status") | Some("approval")) => {
                 self.patch(path, query, &headers, &body, manager).await
             }
             (&Method::PATCH, true, Some("scale")) => {
@@ -440,6 +448,15 @@ impl ApiServer {
         if !causes.is_empty() {
             return Err(ApiError::invalid(info, &name, causes));
         }
+        let admission = crate::auth::admission::Request {
+            operation: crate::auth::admission::Operation::Create,
+            info,
+            subresource: None,
+            namespace: path.namespace.as_deref(),
+            name: &name,
+            dry_run: query.dry_run()?,
+        };
+        self.admit_secure_mutating(&admission, &mut obj, None).await?;
         self.admit_create(info, &mut obj).await?;
         // Defaults may need the uid (a Job's selector is its uid).
         meta_mut(&mut obj).insert("uid".into(), json!(object::new_uid()));
@@ -448,6 +465,8 @@ impl ApiServer {
         if !causes.is_empty() {
             return Err(ApiError::invalid(info, &name, causes));
         }
+        self.admit_secure_validating(&admission, Some(&obj), None)
+            .await?;
         if is_service(info) {
             self.services()
                 .allocate(self, info, &mut obj, None, query.dry_run()?)
@@ -562,7 +581,7 @@ impl ApiServer {
         if expected.is_some_and(|e| e != rev) {
             return Err(ApiError::modified(&info, &name));
         }
-        let status_only = path.subresource.as_deref() == Some("status");
+        let status_only = is_status_subresource(path.subresource.as_deref());
         let updated = self
             .write_update(
                 &info,
@@ -702,6 +721,16 @@ impl ApiServer {
         if is_service(info) && path.subresource.is_none() {
             crate::service_alloc::keep_allocated_values(&mut new, Some(&current));
         }
+        let admission = crate::auth::admission::Request {
+            operation: crate::auth::admission::Operation::Update,
+            info,
+            subresource: path.subresource.as_deref(),
+            namespace: path.namespace.as_deref(),
+            name: &name,
+            dry_run,
+        };
+        self.admit_secure_mutating(&admission, &mut new, Some(&current))
+            .await?;
         let causes = object::validate_meta(info, &new);
         if !causes.is_empty() {
             return Err(ApiError::invalid(info, &name, causes));
@@ -718,6 +747,8 @@ impl ApiServer {
         if !causes.is_empty() {
             return Err(ApiError::invalid(info, &name, causes));
         }
+        self.admit_secure_validating(&admission, Some(&new), Some(&current))
+            .await?;
         if is_service(info) && path.subresource.is_none() {
             self.services()
                 .allocate(self, info, &mut new, Some(&current), dry_run)
@@ -795,7 +826,7 @@ impl ApiServer {
             return self.apply_patch(path, query, body).await;
         }
         let dry_run = query.dry_run()?;
-        let status_only = path.subresource.as_deref() == Some("status");
+        let status_only = is_status_subresource(path.subresource.as_deref());
         // Retry on a lost compare-and-swap unless the patch itself names
         // the resourceVersion it applies to.
         for _ in 0..16 {
@@ -901,7 +932,7 @@ impl ApiServer {
                         force,
                         subresource,
                     )?;
-                    let status_only = subresource == Some("status");
+                    let status_only = is_status_subresource(subresource);
                     match self
                         .write_update(&info, &path, current, rev, new, status_only, dry_run, None)
                         .await
@@ -956,6 +987,16 @@ impl ApiServer {
                     ));
                 }
             }
+            let admission = crate::auth::admission::Request {
+                operation: crate::auth::admission::Operation::Delete,
+                info,
+                subresource: None,
+                namespace: ns,
+                name,
+                dry_run: options.dry_run,
+            };
+            self.admit_secure_validating(&admission, None, Some(&obj))
+                .await?;
             // Objects that go in steps are only marked for deletion here:
             // (deletionTimestamp, deletionGracePeriodSeconds, answer).
             let is_namespace = info.group.is_empty() && info.plural == "namespaces";

@@ -12,7 +12,6 @@ use clap::Args;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
-use kube::Client;
 use serde_json::json;
 
 #[derive(Args)]
@@ -20,28 +19,35 @@ pub struct ApiArgs {
     /// A running server (`http://host:port`); without it, a fresh
     /// `rudder server --disable-agent` is started on a free port.
     #[arg(long)]
-    server: Option<String>,
+    pub(crate) server: Option<String>,
     /// The `rudder` binary to start (default: beside this one).
     #[arg(long)]
-    rudder_bin: Option<PathBuf>,
+    pub(crate) rudder_bin: Option<PathBuf>,
     /// Extra flags for the started server, e.g. `--datastore-endpoint URL`.
     #[arg(long, allow_hyphen_values = true)]
-    server_flags: Option<String>,
+    pub(crate) server_flags: Option<String>,
     /// Pods to create.
     #[arg(long, default_value_t = 10_000)]
-    pods: usize,
+    pub(crate) pods: usize,
     /// Concurrent clients for creates and GETs.
     #[arg(long, default_value_t = 32)]
-    clients: usize,
+    pub(crate) clients: usize,
     /// Concurrent watchers for the fan-out test.
     #[arg(long, default_value_t = 1_000)]
     watchers: usize,
     /// Changes each watcher must receive.
     #[arg(long, default_value_t = 100)]
     watch_events: usize,
+    /// Instead: the cost of authentication and authorization. Creates and
+    /// GETs run twice in one go, once as a ServiceAccount whose rights
+    /// come through RBAC bindings (a bearer token), once as
+    /// `system:masters` (a client certificate), and fresh TLS handshakes
+    /// are timed.
+    #[arg(long)]
+    rbac: bool,
 }
 
-fn pod(name: &str) -> Pod {
+pub(crate) fn pod(name: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": "bench"}},
         "spec": {"containers": [{"name": "c", "image": "127.0.0.1:5000/busybox:1.35",
@@ -50,11 +56,14 @@ fn pod(name: &str) -> Pod {
     .expect("a valid pod")
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
+    if args.rbac {
+        return crate::rbac::run(args).await;
+    }
     let server = crate::server::start(
         args.server.as_deref(),
         args.rudder_bin.as_deref(),
@@ -65,7 +74,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         &["--disable-scheduler", "--disable-controller-manager"],
     )?;
     let pid = server.pid();
-    let client = Client::try_from(kube::Config::new(server.url.parse()?))?;
+    let client = server.client().await?;
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     for ns in ["bench", "bench-watch"] {
         let body = serde_json::from_value(json!({"metadata": {"name": ns}}))?;

@@ -557,7 +557,7 @@ pub async fn run(args: ControllersArgs) -> anyhow::Result<()> {
     let kubeconfig = server.kubeconfig().context("no kubeconfig")?;
     let kubeconfig = kubeconfig.to_str().context("a non-UTF-8 data directory")?;
     let bin = crate::server::rudder_bin(args.rudder_bin.as_deref())?;
-    let client = Client::try_from(kube::Config::new(server.url.parse()?))?;
+    let client = server.client().await?;
 
     let nodes_flag = args.nodes.to_string();
     let _simulator = spawn(

@@ -5,6 +5,7 @@ mod api;
 mod controllers;
 mod pods;
 mod proxy;
+mod rbac;
 mod runtime;
 mod scheduler;
 mod server;

@@ -166,7 +166,7 @@ pub async fn run(args: PodsArgs) -> anyhow::Result<()> {
             .spawn()
             .context("starting rudder agent")?,
     );
-    let client = Client::try_from(kube::Config::new(srv.url.parse()?))?;
+    let client = srv.client().await?;
     let nodes: Api<Node> = Api::all(client.clone());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -234,7 +234,7 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
         // scheduler_perf runs it: no controllers.
         &["--disable-scheduler", "--disable-controller-manager"],
     )?;
-    let client = Client::try_from(kube::Config::new(server.url.parse()?))?;
+    let client = server.client().await?;
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     namespaces
         .create(

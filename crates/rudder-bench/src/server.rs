@@ -32,6 +32,20 @@ impl Server {
     pub fn kubeconfig(&self) -> Option<PathBuf> {
         self.dir.as_ref().map(|d| d.path().join("kubeconfig.yaml"))
     }
+
+    /// A client as the admin: from a started server's kubeconfig (HTTPS,
+    /// client certificate), else for the URL given.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let config = match self.kubeconfig() {
+            Some(path) => {
+                let file = kube::config::Kubeconfig::read_from(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(file, &Default::default()).await?
+            }
+            None => kube::Config::new(self.url.parse()?),
+        };
+        Ok(kube::Client::try_from(config)?)
+    }
 }
 
 /// The `rudder` binary: the given one, or the one beside `rudder-bench`.
@@ -129,7 +143,7 @@ pub fn start_logged(
     }
     Ok(Server {
         process: Some(process),
-        url: format!("http://127.0.0.1:{port}"),
+        url: format!("https://127.0.0.1:{port}"),
         dir: Some(dir),
     })
 }

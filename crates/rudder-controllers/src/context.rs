@@ -40,6 +40,12 @@ pub struct ControllerOptions {
     pub hpa_cpu_initialization_period: Duration,
     /// `--horizontal-pod-autoscaler-initial-readiness-delay`.
     pub hpa_initial_readiness_delay: Duration,
+    /// The CA bundle published as `kube-root-ca.crt` in every namespace
+    /// (kube-controller-manager's `--root-ca-file`); none publishes nothing.
+    pub root_ca_pem: Option<String>,
+    /// The CAs that sign approved CertificateSigningRequests
+    /// (`--cluster-signing-cert-file`/`-key-file`); none signs nothing.
+    pub cluster_signing: Option<crate::certificates::ClusterSigning>,
 }
 
 impl Default for ControllerOptions {
@@ -54,6 +60,8 @@ impl Default for ControllerOptions {
             hpa_tolerance: 0.1,
             hpa_cpu_initialization_period: Duration::from_secs(300),
             hpa_initial_readiness_delay: Duration::from_secs(30),
+            root_ca_pem: None,
+            cluster_signing: None,
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod clusterrole_aggregation;
 pub mod context;
+pub mod certificates;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -27,6 +28,7 @@ pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
 pub mod resourcequota;
+pub mod root_ca_publisher;
 pub mod service_lb;
 pub mod serviceaccount;
 pub mod statefulset;
@@ -77,6 +79,9 @@ pub const CONTROLLERS: &[(&str, Starter)] = &[
     ("servicelb", service_lb::start),
     ("ingress", ingress::start),
     ("clusterrole-aggregation", clusterrole_aggregation::start),
+    ("csrapproving", certificates::start_approving),
+    ("csrsigning", certificates::start_signing),
+    ("root-ca-cert-publisher", root_ca_publisher::start),
 ];
 
 /// Which controllers run: `*` for all, `name` to add one, `-name` to

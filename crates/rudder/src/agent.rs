@@ -65,6 +65,11 @@ pub struct ClusterRanges {
 }
 
 impl AgentFlags {
+    /// The `--node-name` given, if any.
+    pub fn node_name(&self) -> Option<String> {
+        self.node_name.clone()
+    }
+
     /// The `--cluster-dns` given, if any.
     pub fn cluster_dns(&self) -> Option<Ipv4Addr> {
         self.cluster_dns
@@ -79,6 +84,11 @@ pub struct AgentArgs {
     /// A kubeconfig for the API server (instead of --server).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// The join token (the server's DATA_DIR/node-token): the agent trusts
+    /// the server only if its CA matches the token's hash, then obtains
+    /// its own certificates and keeps them in its data dir.
+    #[arg(long, env = "RUDDER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// The agent's data directory.
     #[arg(long, env = "RUDDER_DATA_DIR", default_value = "/var/lib/rudder/agent")]
     data_dir: PathBuf,
@@ -154,8 +164,30 @@ pub fn config(
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let mut node_tls = None;
     let client = match (&args.server, &args.kubeconfig) {
         (_, Some(path)) => crate::client::client_from(Some(path)).await?,
+        (Some(url), None) if args.token.is_some() => {
+            let node_name = args.flags.node_name.clone().unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                rudder_agent::node::node_name_from_hostname(host.trim())
+            });
+            let mut ips: Vec<IpAddr> = args.node_ip.into_iter().collect();
+            if ips.is_empty() {
+                ips.extend(crate::security::default_route_address());
+            }
+            let credentials = crate::security::join(
+                url,
+                args.token.as_deref().unwrap_or_default(),
+                &args.data_dir,
+                &node_name,
+                &ips,
+            )
+            .await
+            .context("joining the cluster")?;
+            node_tls = Some((credentials.serving, credentials.client_ca_pem));
+            crate::client::client_from(Some(&credentials.kubeconfig)).await?
+        }
         (Some(url), None) => {
             let config = kube::Config::new(
                 url.parse()
@@ -171,6 +203,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let mut config = config(&args.data_dir, &args.flags, &ranges, false)?;
     config.node_ip = args.node_ip;
+    let _ = node_tls;
     tokio::select! {
         result = rudder_agent::run(client, config) => result,
         _ = crate::server::shutdown_signal() => Ok(()),

@@ -5,6 +5,7 @@ mod client;
 mod ctr;
 mod ctr_containers;
 mod kubeconfig;
+mod security;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -40,12 +41,43 @@ enum Command {
     Simulate(client::SimulateArgs),
     /// Operates the node's container runtime: images and containers (like ctr/crictl).
     Ctr(ctr::CtrArgs),
+    /// The server's certificates: `rotate` re-issues every leaf certificate
+    /// (serving, clients) under the same CAs; restart the server after.
+    Certificate {
+        #[command(subcommand)]
+        action: CertificateAction,
+        /// The server's data directory.
+        #[arg(long, global = true, env = "RUDDER_DATA_DIR", default_value = "/var/lib/rudder/server")]
+        data_dir: std::path::PathBuf,
+    },
+    /// The join token: `rotate` replaces its secret (agents that already
+    /// joined keep their certificates); restart the server after.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+        /// The server's data directory.
+        #[arg(long, global = true, env = "RUDDER_DATA_DIR", default_value = "/var/lib/rudder/server")]
+        data_dir: std::path::PathBuf,
+    },
     /// Stops every container of the node and removes all its data: containers, mounts, cgroups, images.
     Reset {
         /// The node agent's data directory.
         #[arg(long, env = "RUDDER_DATA_DIR", default_value = "/var/lib/rudder/agent")]
         data_dir: std::path::PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum CertificateAction {
+    /// Re-issues the serving and client certificates (new keys, a new
+    /// year); the CAs, and so every kubeconfig's trust, stay.
+    Rotate,
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// A new join token secret, written to DATA_DIR/node-token.
+    Rotate,
 }
 
 /// The running `rudder` executable, as the runtime's shims are started:
@@ -90,6 +122,14 @@ fn main() -> anyhow::Result<()> {
             drop(runtime);
             std::process::exit(code);
         }
+        Command::Certificate {
+            action: CertificateAction::Rotate,
+            data_dir,
+        } => security::rotate_certificates(&data_dir),
+        Command::Token {
+            action: TokenAction::Rotate,
+            data_dir,
+        } => security::rotate_token(&data_dir),
         Command::Reset { data_dir } => ctr_containers::reset(&data_dir),
     }
 }

@@ -52,6 +52,10 @@ pub struct ServerArgs {
     /// at least this long, as kube-apiserver's --etcd-compaction-interval).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     compaction_interval: Duration,
+    /// Another name or address the API server's certificate must be valid
+    /// for (k3s' --tls-san); repeat for more.
+    #[arg(long = "tls-san", value_name = "NAME|IP")]
+    tls_sans: Vec<String>,
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -88,8 +92,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .service_cidr
         .parse()
         .map_err(|e| anyhow::anyhow!("invalid --service-cidr: {e}"))?;
+    let credentials = crate::security::server_credentials(
+        &args.data_dir,
+        local,
+        service_cidr.nth(1),
+        &args.tls_sans,
+    )?;
+    let pki = credentials.pki.clone();
     let server = ApiServer::new(store, local.to_string())
-        .with_service_cidr(service_cidr, args.agent_flags.cluster_dns());
+        .with_service_cidr(service_cidr, args.agent_flags.cluster_dns())
+        .with_security(credentials.api);
     server
         .bootstrap()
         .await
@@ -101,15 +113,31 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let serving = tokio::spawn(server.clone().serve(listener, signal));
 
+    // Components reach the API at the listen address (loopback when it
+    // listens on all addresses).
+    let reach = if local.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port())
+    } else {
+        local
+    };
+    let url = format!("https://{reach}");
     let kubeconfig = args.data_dir.join("kubeconfig.yaml");
-    crate::kubeconfig::write(
-        &kubeconfig,
-        &crate::kubeconfig::render(&format!("http://{local}")),
-    )?;
-    tracing::info!(address = %local, kubeconfig = %kubeconfig.display(), "API server ready");
+    let admin = pki
+        .ensure_client(rudder_auth::pki::CLIENT_ADMIN, "system:admin", &["system:masters"])
+        .context("issuing the admin certificate")?;
+    crate::security::write_kubeconfig(&kubeconfig, &url, pki.server_ca_pem(), "system:admin", &admin)?;
+    tracing::info!(address = %local, kubeconfig = %kubeconfig.display(), join_token = %args.data_dir.join("node-token").display(), "API server ready");
 
     if !args.disable_scheduler {
         let config = crate::client::scheduler_config(args.scheduler_config.as_deref())?;
+        let kubeconfig = crate::security::component_kubeconfig(
+            &args.data_dir,
+            &pki,
+            &url,
+            rudder_auth::pki::CLIENT_KUBE_SCHEDULER,
+            "system:kube-scheduler",
+            &[],
+        )?;
         let client = crate::client::client_from(Some(&kubeconfig)).await?;
         tokio::spawn(async move {
             if let Err(err) = rudder_scheduler::run(client, config, true).await {
@@ -119,9 +147,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
 
     if !args.disable_controller_manager {
+        let kubeconfig = crate::security::component_kubeconfig(
+            &args.data_dir,
+            &pki,
+            &url,
+            rudder_auth::pki::CLIENT_KUBE_CONTROLLER_MANAGER,
+            "system:kube-controller-manager",
+            &[],
+        )?;
         let client = crate::client::client_from(Some(&kubeconfig)).await?;
         let controllers = rudder_controllers::select(&[])?;
-        let options = args.controller_flags.options();
+        let mut options = args.controller_flags.options();
+        options.root_ca_pem = Some(pki.server_ca_pem().to_owned());
+        options.cluster_signing = Some(rudder_controllers::certificates::ClusterSigning(pki.clone()));
         tokio::spawn(async move {
             if let Err(err) =
                 rudder_controllers::run_with_leader_election(client, controllers, options).await
@@ -132,6 +170,28 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
 
     if !args.disable_agent {
+        // The node on this machine gets its certificates straight from
+        // the CAs, as k3s' server does for its own agent.
+        let node_name = args.agent_flags.node_name().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            rudder_agent::node::node_name_from_hostname(host.trim())
+        });
+        let user = format!("system:node:{node_name}");
+        let node_credentials = pki
+            .issue_client(&user, &["system:nodes"], rudder_auth::pki::LEAF_VALIDITY)
+            .context("issuing the node's client certificate")?;
+        let agent_dir = args.data_dir.join("agent");
+        let kubeconfig = crate::security::agent_kubeconfig_path(&agent_dir);
+        crate::security::write_kubeconfig(&kubeconfig, &url, pki.server_ca_pem(), &user, &node_credentials)?;
+        let mut node_ips: Vec<std::net::IpAddr> = vec![std::net::Ipv4Addr::LOCALHOST.into()];
+        node_ips.extend(crate::security::default_route_address());
+        if !local.ip().is_unspecified() {
+            node_ips.push(local.ip());
+        }
+        let serving = pki
+            .ensure_serving("serving-kubelet", &[node_name.clone()], &node_ips)
+            .context("issuing the node's serving certificate")?;
+        let _agent_tls = (serving, pki.client_ca_pem().to_owned());
         let client = crate::client::client_from(Some(&kubeconfig)).await?;
         let ranges = crate::agent::ClusterRanges {
             cluster_cidr: args.controller_flags.cluster_cidr().to_owned(),

@@ -129,7 +129,10 @@ async fn a_restarted_controller_manager_creates_and_deletes_nothing() {
     ];
     let manager = rudder(&manager_args, None);
 
-    let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+    let file = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .unwrap();
     let client = Client::try_from(config).unwrap();
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "wl"}})).unwrap();
     Api::<Namespace>::all(client.clone())

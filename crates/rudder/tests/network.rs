@@ -156,7 +156,14 @@ impl Cluster {
                 .args(["netns", "exec", &node_ns(i)])
                 .arg(env!("CARGO_BIN_EXE_rudder"))
                 .args(["agent", "--server"])
-                .arg(format!("http://{HOST_IP}:{port}"))
+                .arg(format!("https://{HOST_IP}:{port}"))
+                // Nodes join with the server's token (TLS bootstrapping).
+                .arg("--token")
+                .arg(
+                    std::fs::read_to_string(cluster.dir.path().join("server/node-token"))
+                        .unwrap()
+                        .trim(),
+                )
                 .arg("--data-dir")
                 .arg(&agent_dir)
                 .args(["--node-name", &node_ns(i), "--node-ip", &node_ip(i)])

@@ -1,7 +1,6 @@
 //! `rudder server` as users start it: a real process on a free port.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,30 +40,48 @@ fn wait_for_kubeconfig(data_dir: &Path) -> String {
     panic!("the server wrote no kubeconfig");
 }
 
-/// A plain HTTP/1.1 GET; returns the status code and the body.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let code = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
+/// An HTTPS request with `curl`, as the admin (the client certificate the
+/// server wrote into its data dir) unless `anonymous`; returns the status
+/// code (0 when the server did not answer) and the body.
+fn curl(data_dir: &Path, addr: SocketAddr, method: &str, path: &str, body: Option<&str>, anonymous: bool) -> (u16, String) {
+    let tls = data_dir.join("tls");
+    let mut command = Command::new("curl");
+    command
+        .args(["-s", "--max-time", "20", "-X", method, "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(tls.join("server-ca.crt"));
+    if !anonymous {
+        command
+            .arg("--cert")
+            .arg(tls.join("client-admin.crt"))
+            .arg("--key")
+            .arg(tls.join("client-admin.key"));
+    }
+    if body.is_some() {
+        // The body goes through stdin: it may be larger than an argument.
+        command.args(["-H", "Content-Type: application/json", "--data-binary", "@-"]);
+    }
+    let mut child = command
+        .arg(format!("https://{addr}{path}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(body) = body {
+            let _ = stdin.write_all(body.as_bytes());
+        }
+    }
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    child.wait().unwrap()
+fn get(data_dir: &Path, addr: SocketAddr, path: &str) -> (u16, String) {
+    curl(data_dir, addr, "GET", path, None, false)
 }
 
 #[test]
@@ -74,19 +91,25 @@ fn server_serves_health_and_stops_cleanly_on_sigterm() {
     let mut child = start(dir.path(), addr);
     let kubeconfig = wait_for_kubeconfig(dir.path());
     assert!(
-        kubeconfig.contains(&format!("server: http://{addr}")),
+        kubeconfig.contains(&format!("server: https://{addr}")),
         "{kubeconfig}"
     );
+    assert!(kubeconfig.contains("client-certificate-data: "), "{kubeconfig}");
 
+    // Health is open to anyone; everything else needs credentials.
     for path in ["/healthz", "/livez", "/readyz"] {
-        let (code, body) = get(addr, path);
+        let (code, body) = curl(dir.path(), addr, "GET", path, None, true);
         assert_eq!((code, body.trim()), (200, "ok"), "{path}");
     }
-    let (code, body) = get(addr, "/version");
+    let (code, body) = curl(dir.path(), addr, "GET", "/api/v1/namespaces", None, true);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("\"reason\":\"Unauthorized\""), "{body}");
+    assert!(dir.path().join("node-token").exists());
+    let (code, body) = get(dir.path(), addr, "/version");
     assert_eq!(code, 200);
     assert!(body.contains("\"major\":\"1\""), "{body}");
 
-    let (code, body) = get(addr, "/api/v1/nowhere");
+    let (code, body) = get(dir.path(), addr, "/api/v1/nowhere");
     assert_eq!(code, 404);
     assert!(body.contains("\"kind\":\"Status\""), "{body}");
     assert!(body.contains("\"reason\":\"NotFound\""), "{body}");
@@ -116,30 +139,6 @@ fn server_refuses_an_unusable_store_naming_it() {
     assert!(stderr.contains("state.db"), "{stderr}");
 }
 
-/// A plain HTTP/1.1 request with a JSON body; returns the status code and
-/// the body.
-fn send(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect(addr) else {
-        return (0, String::new());
-    };
-    let _ = write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap_or_default();
-    let code = response
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
-}
-
 #[test]
 fn kill_9_during_a_burst_of_writes_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
@@ -152,6 +151,7 @@ fn kill_9_during_a_burst_of_writes_loses_no_acknowledged_write() {
     let writers: Vec<_> = (0..8)
         .map(|w| {
             let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+            let data = dir.path().to_owned();
             std::thread::spawn(move || {
                 for i in 0.. {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -159,7 +159,7 @@ fn kill_9_during_a_burst_of_writes_loses_no_acknowledged_write() {
                     }
                     let name = format!("burst-{w}-{i}");
                     let body = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}},"data":{{"i":"{i}"}}}}"#);
-                    let (code, _) = send(addr, "POST", "/api/v1/namespaces/default/configmaps", &body);
+                    let (code, _) = curl(&data, addr, "POST", "/api/v1/namespaces/default/configmaps", Some(&body), false);
                     if code == 201 {
                         acknowledged.lock().unwrap().push(name);
                     } else if code == 0 {
@@ -182,7 +182,7 @@ fn kill_9_during_a_burst_of_writes_loses_no_acknowledged_write() {
     std::fs::remove_file(dir.path().join("kubeconfig.yaml")).unwrap();
     let mut child = start(dir.path(), addr);
     wait_for_kubeconfig(dir.path());
-    let (code, body) = get(addr, "/api/v1/namespaces/default/configmaps");
+    let (code, body) = get(dir.path(), addr, "/api/v1/namespaces/default/configmaps");
     assert_eq!(code, 200);
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();
     let present: std::collections::HashSet<&str> = list["items"]
@@ -213,8 +213,9 @@ fn bad_input_is_refused_with_a_status_and_changes_nothing() {
     let mut child = start(dir.path(), addr);
     wait_for_kubeconfig(dir.path());
     let cms = "/api/v1/namespaces/default/configmaps";
+    let data = dir.path();
+    let send = |method: &str, path: &str, body: &str| curl(data, addr, method, path, Some(body), false);
     let (code, body) = send(
-        addr,
         "POST",
         cms,
         r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"broken""#,
@@ -225,25 +226,23 @@ fn bad_input_is_refused_with_a_status_and_changes_nothing() {
         r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"huge"}},"data":{{"x":"{}"}}}}"#,
         "a".repeat(4 << 20)
     );
-    let (code, body) = send(addr, "POST", cms, &huge);
+    let (code, body) = send("POST", cms, &huge);
     assert_eq!(code, 413, "{body}");
     let (code, body) = send(
-        addr,
         "POST",
         cms,
         r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"x"}}"#,
     );
     assert_eq!(code, 400, "{body}");
     let (code, body) = send(
-        addr,
         "POST",
         cms,
         r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"},"data":{"k":5}}"#,
     );
     assert_eq!(code, 400, "a number where a string belongs: {body}");
-    let (code, body) = send(addr, "GET", "/api/v1/namespaces/default/nosuchthings", "");
+    let (code, body) = get(data, addr, "/api/v1/namespaces/default/nosuchthings");
     assert_eq!(code, 404, "{body}");
-    let (code, body) = get(addr, cms);
+    let (code, body) = get(data, addr, cms);
     assert_eq!(code, 200);
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
