@@ -90,11 +90,11 @@ fn directory_string(tag: u8, content: &[u8]) -> Result<String, SubjectError> {
         0x14 => Ok(content.iter().map(|&b| char::from(b)).collect()),
         // BMPString: UTF-16BE.
         0x1e => {
-            if content.len() % 2 != 0 {
+            let pairs = content.chunks_exact(2);
+            if !pairs.remainder().is_empty() {
                 return Err(SubjectError::Malformed("odd-length BMPString"));
             }
-            let units: Vec<u16> = content
-                .chunks_exact(2)
+            let units: Vec<u16> = pairs
                 .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
                 .collect();
             String::from_utf16(&units).map_err(|_| SubjectError::Malformed("invalid BMPString"))
