@@ -61,6 +61,13 @@ pub struct AgentConfig {
     pub pod_network: rudder_network::PodNetworkBackend,
     /// Mirrors, credentials, TLS and plain-HTTP registries for pulls.
     pub registries: rudder_image::RegistriesConfig,
+    /// How the agent's API (`listen`) is served: HTTPS with the node's
+    /// serving certificate, authenticating callers by client certificate
+    /// (the API server's) or bearer token and authorizing them by
+    /// SubjectAccessReview, as the kubelet's port 10250; or plain HTTP to
+    /// anyone ([`server::ServerSecurity::Insecure`]), until the cluster has
+    /// a PKI to issue the certificate from.
+    pub server_security: server::ServerSecurity,
 }
 
 /// Runs the agent until the process ends.
@@ -105,13 +112,29 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the agent's API on {}", config.listen))?;
     let kubelet_port = listener.local_addr()?.port();
+    // The pod manager is made once the pod network is up; `/pods` lists
+    // nothing until then.
+    let server_pods = Arc::new(server::pods::LatePodManager::default());
     {
-        let runtime = runtime.clone();
-        tokio::spawn(async move {
-            if let Err(e) = server::serve(listener, runtime).await {
-                tracing::error!(error = %e, "the agent's API stopped");
+        let app = server::router(runtime.clone(), Some(server_pods.clone()));
+        match &config.server_security {
+            server::ServerSecurity::Insecure => {
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        tracing::error!(error = %e, "the agent's API stopped");
+                    }
+                });
             }
-        });
+            server::ServerSecurity::Tls(tls) => {
+                let tls = server::tls::server_config(tls)
+                    .context("the agent's serving certificate or client CA")?;
+                let guard = server::Guard::new(
+                    Arc::new(server::KubeReviewer::new(client.clone())),
+                    name.clone(),
+                );
+                tokio::spawn(server::serve_secure(listener, tls, guard, app));
+            }
+        }
     }
 
     let pressure = eviction::NodePressure::default();
@@ -260,6 +283,7 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
             },
         },
     );
+    server_pods.set(manager.clone());
     tokio::spawn(
         eviction::EvictionManager::new(
             config.eviction.clone(),

@@ -151,6 +151,7 @@ pub fn config(
         binary: crate::self_exe(),
         bridge: flags.bridge_name.clone(),
         node_ip: None,
+        server_security: rudder_agent::server::ServerSecurity::Insecure,
         eviction: rudder_agent::eviction::EvictionConfig {
             thresholds: match &flags.eviction_hard {
                 Some(text) => rudder_agent::eviction::thresholds::parse_hard(text)

@@ -168,6 +168,34 @@ impl PodManager {
         }
     }
 
+    /// The pods this node runs, as the kubelet's pod manager lists them
+    /// (its `/pods` endpoint): those bound to it in the API, and its static
+    /// pods, standing for their mirror pods. Empty until the pods are
+    /// listed.
+    pub fn pods(&self) -> Vec<Pod> {
+        let mut pods: Vec<Pod> = self
+            .inner
+            .pods
+            .list()
+            .into_iter()
+            .filter(|p| !static_pods::is_mirror(p))
+            .map(|p| (*p).clone())
+            .collect();
+        pods.extend(
+            self.inner
+                .static_pods
+                .lock()
+                .unwrap()
+                .values()
+                .map(|p| (**p).clone()),
+        );
+        pods.sort_by(|a, b| {
+            (&a.metadata.namespace, &a.metadata.name)
+                .cmp(&(&b.metadata.namespace, &b.metadata.name))
+        });
+        pods
+    }
+
     /// Runs until the process ends.
     pub async fn run(self) {
         let this = self.clone();

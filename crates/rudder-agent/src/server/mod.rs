@@ -1,5 +1,5 @@
-//! The kubelet's HTTP server: the streaming endpoints the API server proxies
-//! `kubectl logs`, `exec` and `attach` to.
+//! The kubelet's server: the streaming endpoints the API server proxies
+//! `kubectl logs`, `exec` and `attach` to, and the node's stats and pods.
 //!
 //! - `GET /containerLogs/{namespace}/{pod}/{container}` ([`logs`]): the
 //!   container's CRI log, decoded, with the `PodLogOptions` query parameters.
@@ -15,23 +15,28 @@
 //! - `GET|POST /attach/{namespace}/{pod}/{container}` ([`attach`]): the
 //!   output of a container's main process from now on, and its stdin when
 //!   the container has one, over the same WebSocket protocols as exec.
+//! - `GET /pods` ([`pods`]): the node's pods as a v1 PodList.
 //!
-//! Plain HTTP for now: no TLS and no authentication or authorization of the
-//! caller (the kubelet's serving certificate, client certificates and
-//! webhook authorization arrive with the security work). Bind it where only
-//! the API server can reach it.
+//! Served two ways ([`ServerSecurity`]): the kubelet's secure server, HTTPS
+//! with callers authenticated by client certificate or bearer token and
+//! authorized by SubjectAccessReview ([`tls`], [`auth`]); or plain HTTP to
+//! anyone, for in-process tests and clusters without a PKI.
 //!
 //! Errors follow the kubelet: plain text with an HTTP code (the API server
 //! turns a log 400 into a BadRequest Status carrying that text; client-go
 //! prints a refused upgrade as `unable to upgrade connection: <text>`).
 
 pub mod attach;
+pub mod auth;
 pub mod channel;
 pub mod exec;
 pub mod logs;
+pub mod pods;
 pub mod portforward;
 pub mod spdy;
 pub mod stats;
+pub mod tls;
+pub mod x509;
 
 use std::sync::Arc;
 
@@ -44,25 +49,58 @@ use rudder_cri::cri::{
     LABEL_POD_NAME, LABEL_POD_NAMESPACE,
 };
 
+pub use auth::{Guard, KubeReviewer, Reviewer};
+pub use pods::PodLister;
+pub use tls::ServingTls;
+
+/// How the node agent's API is served.
+#[derive(Clone, Debug, Default)]
+pub enum ServerSecurity {
+    /// Plain HTTP, every request let through: for in-process tests and
+    /// clusters without a PKI. Bind it where only the API server reaches.
+    #[default]
+    Insecure,
+    /// The kubelet's secure server: HTTPS with this certificate; callers
+    /// authenticated by a client certificate of the client CA or a bearer
+    /// token (TokenReview), and authorized by SubjectAccessReview on
+    /// `nodes/{proxy,stats,metrics,log}` of this node.
+    Tls(ServingTls),
+}
+
 /// What the handlers share: the node's runtime service.
 #[derive(Clone)]
 pub struct ServerState {
     pub runtime: Arc<dyn RuntimeService>,
 }
 
-/// Serves the kubelet's endpoints on `listener` until the task is dropped or
-/// the listener fails.
+/// Serves the kubelet's endpoints (without `/pods`) over plain HTTP to
+/// anyone on `listener` until the task is dropped or the listener fails.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     runtime: Arc<rudder_cri::NodeRuntime>,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(runtime)).await?;
+    axum::serve(listener, router(runtime, None)).await?;
     Ok(())
 }
 
-/// The kubelet's routes over any runtime service.
-pub fn router(runtime: Arc<dyn RuntimeService>) -> Router {
-    Router::new()
+/// Serves `app` as the kubelet's secure server on `listener`, forever:
+/// TLS by `tls` (see [`tls::server_config`]), every request authenticated
+/// and authorized by `guard` before it reaches a route (unknown paths
+/// included, as the kubelet filters before routing).
+pub async fn serve_secure(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    guard: Guard,
+    app: Router,
+) {
+    let app = app.layer(axum::middleware::from_fn_with_state(guard, auth::guard));
+    tls::serve_tls(listener, tls, app).await;
+}
+
+/// The kubelet's routes over any runtime service; `/pods` when there is a
+/// pod source.
+pub fn router(runtime: Arc<dyn RuntimeService>, pods: Option<Arc<dyn PodLister>>) -> Router {
+    let mut router = Router::new()
         .merge(stats::routes(runtime.clone()))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
@@ -80,7 +118,11 @@ pub fn router(runtime: Arc<dyn RuntimeService>) -> Router {
             "/portForward/{namespace}/{pod}",
             get(portforward::port_forward).post(portforward::port_forward),
         )
-        .with_state(ServerState { runtime })
+        .with_state(ServerState { runtime });
+    if let Some(pods) = pods {
+        router = router.route("/pods", get(pods::list_pods).with_state(pods));
+    }
+    router
 }
 
 /// A query string's pairs, decoded, in order (repeated keys kept).
