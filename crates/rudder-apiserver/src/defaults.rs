@@ -162,6 +162,7 @@ pub fn prepare_for_create(info: &ResourceInfo, obj: &mut Value) {
             set_default(obj, "preemptionPolicy", json!("PreemptLowerPriority"));
         }
         ("networking.k8s.io", "networkpolicies") => default_network_policy(obj),
+        ("admissionregistration.k8s.io", plural) => default_webhook_configuration(plural, obj),
         _ => {}
     }
 }
@@ -170,8 +171,19 @@ pub fn prepare_for_create(info: &ResourceInfo, obj: &mut Value) {
 /// object it decodes: those that depend on the object alone and that
 /// consumers rely on being set.
 pub fn prepare_for_update(info: &ResourceInfo, obj: &mut Value) {
-    if let ("networking.k8s.io", "networkpolicies") = (info.group.as_str(), info.plural.as_str()) {
-        default_network_policy(obj);
+    match (info.group.as_str(), info.plural.as_str()) {
+        ("networking.k8s.io", "networkpolicies") => default_network_policy(obj),
+        ("admissionregistration.k8s.io", plural) => default_webhook_configuration(plural, obj),
+        _ => {}
+    }
+}
+
+/// Mutating- and ValidatingWebhookConfigurations, on create and update.
+fn default_webhook_configuration(plural: &str, obj: &mut Value) {
+    match plural {
+        "mutatingwebhookconfigurations" => crate::webhook::default_configuration(obj, true),
+        "validatingwebhookconfigurations" => crate::webhook::default_configuration(obj, false),
+        _ => {}
     }
 }
 

@@ -102,6 +102,19 @@ pub struct ApplyConflict {
     pub causes: Vec<FieldCause>,
 }
 
+/// A `metav1.Status` given whole, as a webhook answers it: its code,
+/// reason and details are kept (kube-apiserver passes a webhook's refusal
+/// through), and so are the causes of an internal error.
+#[derive(Debug)]
+pub struct StatusFailure {
+    pub code: StatusCode,
+    /// May be empty: a webhook need not give one.
+    pub reason: String,
+    pub message: String,
+    /// `details`, when there are any.
+    pub details: Option<Value>,
+}
+
 /// Every way a request can fail. Each variant maps to exactly one HTTP code
 /// and `metav1.Status` reason, with the message Kubernetes gives.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +172,10 @@ pub enum ApiError {
     /// 500 for a failure that is the server's own fault.
     #[error("{0}")]
     Internal(String),
+
+    /// Any code and reason: an admission webhook's refusal, or its failure.
+    #[error("{}", .0.message)]
+    Status(Box<StatusFailure>),
 }
 
 fn join_causes(causes: &[FieldCause]) -> String {
@@ -236,8 +253,9 @@ impl ApiError {
         self.code_and_reason().0
     }
 
-    fn code_and_reason(&self) -> (StatusCode, &'static str) {
+    fn code_and_reason(&self) -> (StatusCode, &str) {
         match self {
+            ApiError::Status(status) => (status.code, &status.reason),
             ApiError::NotFoundPath | ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
             ApiError::Conflict(..) | ApiError::ApplyConflict(..) => {
@@ -286,6 +304,7 @@ impl ApiError {
                     .collect();
                 details
             }
+            ApiError::Status(status) => status.details.clone().unwrap_or_else(|| json!({})),
             _ => json!({}),
         };
         let mut status = json!({
@@ -294,9 +313,11 @@ impl ApiError {
             "metadata": {},
             "status": "Failure",
             "message": self.to_string(),
-            "reason": reason,
             "code": code.as_u16(),
         });
+        if !reason.is_empty() {
+            status["reason"] = json!(reason);
+        }
         if details.as_object().is_some_and(|d| !d.is_empty()) {
             status["details"] = details;
         }

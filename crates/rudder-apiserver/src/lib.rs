@@ -29,6 +29,7 @@ mod service_alloc;
 mod table;
 mod validation;
 mod watch;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ use rudder_store::DynStore;
 use tokio::net::TcpListener;
 
 pub use auth::SecurityConfig;
-pub use error::{ApiError, FieldCause};
+pub use error::{ApiError, FieldCause, StatusFailure};
 pub use registry::{Registry, ResourceInfo};
 pub use service_alloc::ServiceCidr;
 
@@ -65,6 +66,8 @@ struct Inner {
     /// The resources CRDs serve now.
     custom: std::sync::Mutex<crd::CustomSet>,
     caches: cache::WatchCaches,
+    /// TLS clients of admission webhooks, one per caBundle.
+    webhook_tls: webhook::TlsConfigs,
     /// Set when the server shuts down: open watches end, so the graceful
     /// shutdown does not wait for their clients.
     closing: tokio::sync::watch::Sender<bool>,
@@ -93,6 +96,7 @@ impl ApiServer {
                 openapi: std::sync::RwLock::new(Arc::new(openapi)),
                 custom: std::sync::Mutex::new(Default::default()),
                 caches: cache::WatchCaches::default(),
+                webhook_tls: Default::default(),
                 closing: tokio::sync::watch::channel(false).0,
                 security: None,
             }),

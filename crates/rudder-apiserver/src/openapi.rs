@@ -73,6 +73,8 @@ fn builtin_schema(
         ("networking.k8s.io", "v1", "IngressClass") => api::networking::v1::IngressClass,
         ("networking.k8s.io", "v1", "NetworkPolicy") => api::networking::v1::NetworkPolicy,
         ("policy", "v1", "PodDisruptionBudget") => api::policy::v1::PodDisruptionBudget,
+        ("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration") => api::admissionregistration::v1::MutatingWebhookConfiguration,
+        ("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration") => api::admissionregistration::v1::ValidatingWebhookConfiguration,
         ("apiextensions.k8s.io", "v1", "CustomResourceDefinition") => apiextensions::CustomResourceDefinition,
     }
 }

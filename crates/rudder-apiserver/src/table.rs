@@ -263,6 +263,10 @@ fn columns(info: &ResourceInfo) -> Vec<Column> {
             col("Ports", "string", 0),
             AGE,
         ],
+        (
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations" | "validatingwebhookconfigurations",
+        ) => vec![NAME, col("Webhooks", "integer", 0), AGE],
         ("networking.k8s.io", "ingressclasses") => vec![
             NAME,
             col("Controller", "string", 0),
@@ -875,6 +879,16 @@ fn cells(info: &ResourceInfo, obj: &Value, now: SystemTime) -> Vec<Value> {
                 json!(if tls { "80, 443" } else { "80" }),
                 age,
             ]
+        }
+        (
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations" | "validatingwebhookconfigurations",
+        ) => {
+            let webhooks = obj
+                .get("webhooks")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            vec![name, json!(webhooks), age]
         }
         ("networking.k8s.io", "ingressclasses") => {
             let parameters = match obj.pointer("/spec/parameters") {

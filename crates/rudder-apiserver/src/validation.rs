@@ -179,6 +179,14 @@ pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Fi
         ("networking.k8s.io", "networkpolicies") => v.network_policy(obj),
         ("networking.k8s.io", "ingresses") => v.ingress(obj),
         ("networking.k8s.io", "ingressclasses") => v.ingress_class(obj, old),
+        (
+            "admissionregistration.k8s.io",
+            plural @ ("mutatingwebhookconfigurations" | "validatingwebhookconfigurations"),
+        ) => {
+            let mutating = plural == "mutatingwebhookconfigurations";
+            v.causes
+                .extend(crate::webhook::validate_configuration(obj, mutating));
+        }
         _ => {}
     }
     v.causes
