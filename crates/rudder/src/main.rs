@@ -5,6 +5,7 @@ mod client;
 mod ctr;
 mod ctr_containers;
 mod kubeconfig;
+mod secrets_encrypt;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,8 @@ enum Command {
     Simulate(client::SimulateArgs),
     /// Operates the node's container runtime: images and containers (like ctr/crictl).
     Ctr(ctr::CtrArgs),
+    /// Manages the encryption of Secrets at rest (offline: stop the server first).
+    SecretsEncrypt(secrets_encrypt::SecretsEncryptArgs),
     /// Stops every container of the node and removes all its data: containers, mounts, cgroups, images.
     Reset {
         /// The node agent's data directory.
@@ -90,6 +93,7 @@ fn main() -> anyhow::Result<()> {
             drop(runtime);
             std::process::exit(code);
         }
+        Command::SecretsEncrypt(args) => runtime.block_on(secrets_encrypt::run(args)),
         Command::Reset { data_dir } => ctr_containers::reset(&data_dir),
     }
 }
