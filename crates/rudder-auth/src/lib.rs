@@ -11,6 +11,7 @@
 //! - `pod_security`: the Pod Security Standards.
 //! - `audit`: audit policies and the JSON-lines log.
 
+pub mod audit;
 pub mod authorizer;
 pub mod user;
 
