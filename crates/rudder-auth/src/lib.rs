@@ -12,6 +12,7 @@
 //! - [`pod_security`]: the Pod Security Standards.
 //! - `audit`: audit policies and the JSON-lines log.
 
+pub mod audit;
 pub mod authorizer;
 pub mod node;
 pub mod pki;

@@ -52,6 +52,12 @@ pub enum StoreError {
     #[error("watch closed: {0}")]
     WatchClosed(String),
 
+    /// A stored value cannot be decrypted (encryption at rest): the key is
+    /// missing from the configuration, wrong, or the value was moved from
+    /// another key. Worded as kube-apiserver words it.
+    #[error("unable to transform key {key:?}: {reason}")]
+    Transform { key: String, reason: String },
+
     /// Data in the store is not what the store itself wrote.
     #[error("store data is corrupt: {0}")]
     Corrupt(String),

@@ -16,6 +16,7 @@
 //! on this crate.
 
 mod compactor;
+pub mod encryption;
 mod error;
 mod etcd;
 pub mod local_etcd;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use compactor::Compactor;
+pub use encryption::{EncryptedStore, EncryptionConfig};
 pub use error::StoreError;
 pub use etcd::{EtcdConfig, EtcdStore};
 pub use sqlite::{SqliteConfig, SqliteStore};

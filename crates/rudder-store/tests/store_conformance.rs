@@ -576,4 +576,19 @@ macro_rules! all_cases {
 }
 
 all_cases!(sqlite);
+// Every case but the size limit, which applies to the stored (encrypted,
+// so slightly larger) value.
+conformance!(encrypted_sqlite:
+    writes_take_consecutive_revisions,
+    compare_and_swap_guards_every_write,
+    concurrent_increments_lose_nothing,
+    ranges_page_in_key_order,
+    reads_at_past_revisions,
+    watch_delivers_every_change_in_order,
+    watch_resumes_from_any_revision,
+    watch_keeps_up_with_concurrent_writers,
+    compaction_discards_history,
+    slow_watcher_loses_nothing,
+    idle_watch_reports_progress,
+);
 all_cases!(etcd);

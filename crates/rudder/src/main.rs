@@ -5,6 +5,7 @@ mod client;
 mod ctr;
 mod ctr_containers;
 mod kubeconfig;
+mod secrets_encrypt;
 mod security;
 mod server;
 
@@ -59,6 +60,8 @@ enum Command {
         #[arg(long, global = true, env = "RUDDER_DATA_DIR", default_value = "/var/lib/rudder/server")]
         data_dir: std::path::PathBuf,
     },
+    /// Manages the encryption of Secrets at rest (offline: stop the server first).
+    SecretsEncrypt(secrets_encrypt::SecretsEncryptArgs),
     /// Stops every container of the node and removes all its data: containers, mounts, cgroups, images.
     Reset {
         /// The node agent's data directory.
@@ -130,6 +133,7 @@ fn main() -> anyhow::Result<()> {
             action: TokenAction::Rotate,
             data_dir,
         } => security::rotate_token(&data_dir),
+        Command::SecretsEncrypt(args) => runtime.block_on(secrets_encrypt::run(args)),
         Command::Reset { data_dir } => ctr_containers::reset(&data_dir),
     }
 }

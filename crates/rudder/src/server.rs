@@ -81,6 +81,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let store = rudder_store::open(&args.data_dir, args.datastore_endpoint.as_deref())
         .await
         .context("opening the store")?;
+    let store = rudder_store::encryption::encrypted(
+        store,
+        &rudder_store::EncryptionConfig::load_or_create(&args.data_dir)?,
+    );
     tracing::info!(backend = store.backend(), "store ready");
     tokio::spawn(Compactor::new(store.clone(), args.compaction_interval).run());
 

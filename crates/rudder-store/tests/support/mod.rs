@@ -29,6 +29,15 @@ pub async fn sqlite() -> Harness {
     }
 }
 
+/// The embedded store behind the encryption wrapper, encrypting every key
+/// (`*.*`): the wrapper must keep every store semantic.
+pub async fn encrypted_sqlite() -> Harness {
+    let mut harness = sqlite().await;
+    let config = rudder_store::EncryptionConfig::generate(&["*.*"]).unwrap();
+    harness.store = rudder_store::encryption::encrypted(harness.store, &config);
+    harness
+}
+
 pub async fn etcd() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let etcd = start_etcd(dir.path());
