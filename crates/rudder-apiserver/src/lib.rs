@@ -41,7 +41,7 @@ use axum::Router;
 use rudder_store::DynStore;
 use tokio::net::TcpListener;
 
-pub use auth::SecurityConfig;
+pub use auth::{AuditConfig, SecurityConfig};
 pub use error::{ApiError, FieldCause, StatusFailure};
 pub use registry::{Registry, ResourceInfo};
 pub use service_alloc::ServiceCidr;
@@ -238,7 +238,22 @@ async fn dispatch(State(server): State<ApiServer>, request: Request<Body>) -> Re
             }
         }
         if server.security().is_some() && auth::is_review(&path) {
-            let body = rest::read_body(body).await?;
+            let mut body = rest::read_body(body).await?;
+            let content_type = parts
+                .headers
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if rudder_apimachinery::protobuf::is_protobuf_content_type(content_type) {
+                let object = rudder_apimachinery::protobuf::decode(&body).map_err(|e| {
+                    ApiError::BadRequest(format!(
+                        "the protobuf request body could not be decoded: {e}"
+                    ))
+                })?;
+                body = serde_json::to_vec(&object)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .into();
+            }
             if let Some(answer) = auth::serve_review(&server, &parts.method, &path, &body).await {
                 return answer;
             }

@@ -204,7 +204,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let mut config = config(&args.data_dir, &args.flags, &ranges, false)?;
     config.node_ip = args.node_ip;
-    let _ = node_tls;
+    match node_tls {
+        Some((serving, client_ca_pem)) => {
+            config.server_security =
+                rudder_agent::server::ServerSecurity::Tls(rudder_agent::server::ServingTls {
+                    cert_pem: serving.cert_pem,
+                    key_pem: serving.key_pem,
+                    client_ca_pem,
+                });
+        }
+        None => tracing::warn!(
+            "no --token: the agent's API (logs, exec, port-forward, stats) is served over plain HTTP without authentication; join with --token to secure it"
+        ),
+    }
     tokio::select! {
         result = rudder_agent::run(client, config) => result,
         _ = crate::server::shutdown_signal() => Ok(()),

@@ -106,6 +106,7 @@ pub fn server_credentials(
         bootstrap_secret: Some(join_token.secret.clone()),
         kubelet_client: Some(kubelet_tls),
         api_audiences: vec![TOKEN_ISSUER.to_owned()],
+        audit: None,
     };
     Ok(ServerCredentials {
         pki: Arc::new(pki),

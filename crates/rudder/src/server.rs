@@ -56,6 +56,20 @@ pub struct ServerArgs {
     /// for (k3s' --tls-san); repeat for more.
     #[arg(long = "tls-san", value_name = "NAME|IP")]
     tls_sans: Vec<String>,
+    /// Write an audit log here (JSON lines, audit.k8s.io/v1 Events).
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
+    /// What to record, as kube-apiserver's audit Policy file (None,
+    /// Metadata, Request, RequestResponse). Without it: Metadata for every
+    /// request but health checks and events.
+    #[arg(long)]
+    audit_policy_file: Option<PathBuf>,
+    /// Rotate the audit log when it reaches this many megabytes.
+    #[arg(long, default_value_t = rudder_auth::audit::DEFAULT_MAX_SIZE_MB)]
+    audit_log_maxsize: u64,
+    /// Rotated audit logs to keep.
+    #[arg(long, default_value_t = rudder_auth::audit::DEFAULT_MAX_BACKUPS)]
+    audit_log_maxbackup: usize,
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -103,9 +117,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         &args.tls_sans,
     )?;
     let pki = credentials.pki.clone();
+    let mut api_security = credentials.api;
+    if let Some(path) = &args.audit_log_path {
+        let policy = match &args.audit_policy_file {
+            Some(file) => rudder_auth::audit::Policy::load(file)
+                .with_context(|| format!("reading the audit policy {}", file.display()))?,
+            None => rudder_auth::audit::Policy::default_policy(),
+        };
+        let log = rudder_auth::audit::AuditLog::open(path, args.audit_log_maxsize, args.audit_log_maxbackup)
+            .with_context(|| format!("opening the audit log {}", path.display()))?;
+        api_security.audit = Some(rudder_apiserver::AuditConfig { policy, log });
+    } else if args.audit_policy_file.is_some() {
+        anyhow::bail!("--audit-policy-file needs --audit-log-path");
+    }
     let server = ApiServer::new(store, local.to_string())
         .with_service_cidr(service_cidr, args.agent_flags.cluster_dns())
-        .with_security(credentials.api);
+        .with_security(api_security);
     server
         .bootstrap()
         .await
@@ -195,18 +222,23 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let serving = pki
             .ensure_serving("serving-kubelet", &[node_name.clone()], &node_ips)
             .context("issuing the node's serving certificate")?;
-        let _agent_tls = (serving, pki.client_ca_pem().to_owned());
         let client = crate::client::client_from(Some(&kubeconfig)).await?;
         let ranges = crate::agent::ClusterRanges {
             cluster_cidr: args.controller_flags.cluster_cidr().to_owned(),
             service_cidr: args.service_cidr.clone(),
         };
-        let config = crate::agent::config(
+        let mut config = crate::agent::config(
             &args.data_dir.join("agent"),
             &args.agent_flags,
             &ranges,
             true,
         )?;
+        config.server_security =
+            rudder_agent::server::ServerSecurity::Tls(rudder_agent::server::ServingTls {
+                cert_pem: serving.cert_pem,
+                key_pem: serving.key_pem,
+                client_ca_pem: pki.client_ca_pem().to_owned(),
+            });
         tokio::spawn(async move {
             if let Err(err) = rudder_agent::run(client, config).await {
                 tracing::error!(error = %err, "the node agent stopped");

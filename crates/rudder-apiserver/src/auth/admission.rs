@@ -65,6 +65,17 @@ pub(crate) struct Request<'a> {
     pub dry_run: bool,
 }
 
+/// NodeRestriction's refusal, as Kubernetes words it:
+/// `pods "x" is forbidden: node "n1" can only …`.
+fn forbidden(request: &Request<'_>, reason: &str) -> ApiError {
+    let subject = if request.info.group.is_empty() {
+        request.info.plural.clone()
+    } else {
+        format!("{}.{}", request.info.plural, request.info.group)
+    };
+    ApiError::Forbidden(format!("{subject} \"{}\" is forbidden: {reason}", request.name))
+}
+
 /// The Pod Security Standards as of the Kubernetes version this server
 /// reports (`latest` means that version's rules).
 fn pod_security_evaluator() -> rudder_auth::pod_security::Evaluator {
@@ -138,7 +149,21 @@ impl ApiServer {
             old,
             Some(obj),
         )
-        .map_err(ApiError::Forbidden)?;
+        .map_err(|reason| forbidden(request, &reason))?;
+        let webhook = crate::webhook::WebhookRequest {
+            operation: request.operation.as_str(),
+            info: request.info,
+            subresource: request.subresource,
+            namespace: request.namespace,
+            name: request.name,
+            user: &user,
+            dry_run: request.dry_run,
+            old_object: old,
+            options: None,
+        };
+        for warning in self.call_mutating_webhooks(&webhook, Some(obj)).await? {
+            warn(warning);
+        }
         Ok(())
     }
 
@@ -167,7 +192,7 @@ impl ApiServer {
                 old,
                 None,
             )
-            .map_err(ApiError::Forbidden)?;
+            .map_err(|reason| forbidden(request, &reason))?;
         }
         if let Some(obj) = obj {
             if request.info.group == "rbac.authorization.k8s.io" && request.operation != Operation::Delete {
@@ -180,6 +205,20 @@ impl ApiServer {
                     self.admit_pod_security(request, obj, old).await?;
                 }
             }
+        }
+        let webhook = crate::webhook::WebhookRequest {
+            operation: request.operation.as_str(),
+            info: request.info,
+            subresource: request.subresource,
+            namespace: request.namespace,
+            name: request.name,
+            user: &user,
+            dry_run: request.dry_run,
+            old_object: old,
+            options: None,
+        };
+        for warning in self.call_validating_webhooks(&webhook, obj).await? {
+            warn(warning);
         }
         Ok(())
     }

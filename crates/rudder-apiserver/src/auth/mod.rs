@@ -58,6 +58,14 @@ pub struct SecurityConfig {
     pub kubelet_client: Option<Arc<rustls::ClientConfig>>,
     /// The audiences API tokens must carry (the issuer by default).
     pub api_audiences: Vec<String>,
+    /// Where authenticated requests are recorded, and how much of each.
+    pub audit: Option<AuditConfig>,
+}
+
+/// The audit log and its policy (`--audit-log-path`, `--audit-policy-file`).
+pub struct AuditConfig {
+    pub policy: rudder_auth::audit::Policy,
+    pub log: rudder_auth::audit::AuditLog,
 }
 
 pub(crate) struct Security {
@@ -155,16 +163,111 @@ pub(crate) async fn guard(
     let mut attributes =
         request_info::attributes(request.method(), &path, request.uri().query());
     attributes.user = user.clone();
+    let mut audit = security.config.audit.as_ref().map(|audit| {
+        let config = audit.policy.config_for(&attributes);
+        let uri = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| path.clone());
+        let mut event = rudder_auth::audit::Event::new(config, &attributes, &uri)
+            .with_user_agent(
+                headers
+                    .get(axum::http::header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+            );
+        if let Some(peer) = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        {
+            event = event.with_source_ips([peer.0.ip().to_string()]);
+        }
+        if user != authenticated {
+            event = event.impersonating(authenticated.clone(), user.clone());
+        }
+        (audit, event)
+    });
+    if let Some((log, event)) = &audit {
+        let _ = log.log.write(&event.at_stage(rudder_auth::audit::Stage::RequestReceived));
+    }
     if !public_path(&path) {
         let decision = server.authorize(&attributes).await;
+        if let Some((_, event)) = &mut audit {
+            event.authorized(&decision);
+        }
         if !decision.allowed() {
             tracing::debug!(user = %user.username, verb = %attributes.verb, path, reason = decision.reason(), "forbidden");
-            return ApiError::Forbidden(forbidden_message(&attributes, "")).into_response();
+            let refusal = ApiError::Forbidden(forbidden_message(&attributes, ""));
+            if let Some((log, mut event)) = audit {
+                event.set_response_status(rudder_auth::audit::ResponseStatus::from_status(
+                    403,
+                    &refusal.status(),
+                ));
+                let _ = log.log.write(&event.at_stage(rudder_auth::audit::Stage::ResponseComplete));
+            }
+            return refusal.into_response();
         }
     }
-    REQUEST_USER
+    let Some((log, mut event)) = audit else {
+        return REQUEST_USER
+            .scope(user, with_warnings(next.run(request)))
+            .await;
+    };
+    // Request bodies are kept from level Request on (they are read whole
+    // by the handlers anyway; streams and upgrades carry none).
+    let request = if event.level >= rudder_auth::audit::Level::Request
+        && !matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD)
+    {
+        let (parts, body) = request.into_parts();
+        let bytes = match crate::rest::read_body(body).await {
+            Ok(bytes) => bytes,
+            Err(err) => return err.into_response(),
+        };
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+            event.set_request_object(value);
+        }
+        Request::from_parts(parts, Body::from(bytes))
+    } else {
+        request
+    };
+    let response = REQUEST_USER
         .scope(user, with_warnings(next.run(request)))
-        .await
+        .await;
+    let code = response.status().as_u16();
+    let streaming = attributes.verb == "watch" || code == 101;
+    let (parts, body) = response.into_parts();
+    let body = if !streaming && (code >= 400 || event.level >= rudder_auth::audit::Level::RequestResponse) {
+        // Statuses and, at RequestResponse, whole answers are recorded.
+        match axum::body::to_bytes(body, 64 << 20).await {
+            Ok(bytes) => {
+                let value = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+                match &value {
+                    Some(status) if code >= 400 => event.set_response_status(
+                        rudder_auth::audit::ResponseStatus::from_status(code, status),
+                    ),
+                    _ => event.set_response_status(rudder_auth::audit::ResponseStatus::code(code)),
+                }
+                if let Some(value) = value {
+                    event.set_response_object(value);
+                }
+                Body::from(bytes)
+            }
+            Err(_) => Body::empty(),
+        }
+    } else {
+        event.set_response_status(rudder_auth::audit::ResponseStatus::code(code));
+        body
+    };
+    let stage = if streaming {
+        rudder_auth::audit::Stage::ResponseStarted
+    } else {
+        rudder_auth::audit::Stage::ResponseComplete
+    };
+    if let Err(err) = log.log.write(&event.at_stage(stage)) {
+        tracing::warn!(error = %err, "writing the audit log failed");
+    }
+    Response::from_parts(parts, body)
 }
 
 /// Runs a handler with a place for admission's warnings, and adds them to

@@ -40,7 +40,6 @@ use crate::ApiServer;
 /// What a webhook is told about a request (kube-apiserver's admission
 /// attributes).
 // Until the request pipeline (rest.rs) calls the entry points.
-#[allow(dead_code)]
 pub(crate) struct WebhookRequest<'a> {
     /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
     pub operation: &'a str,
@@ -484,7 +483,6 @@ impl ApiServer {
     /// `reinvocationPolicy: IfNeeded` run once more afterwards. `object`
     /// is `None` for a delete (and for a connect). Returns the webhooks'
     /// warnings.
-    #[allow(dead_code)] // Until the request pipeline (rest.rs) calls it.
     pub(crate) async fn call_mutating_webhooks(
         &self,
         req: &WebhookRequest<'_>,
@@ -541,7 +539,6 @@ impl ApiServer {
     /// kube-apiserver does. `object` is the object to be stored (`None` for
     /// a delete). The first refusal in configuration order is the answer;
     /// otherwise the webhooks' warnings.
-    #[allow(dead_code)] // Until the request pipeline (rest.rs) calls it.
     pub(crate) async fn call_validating_webhooks(
         &self,
         req: &WebhookRequest<'_>,

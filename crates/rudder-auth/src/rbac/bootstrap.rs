@@ -543,8 +543,12 @@ fn controller_manager_rules() -> Vec<PolicyRule> {
                 "certificatesigningrequests/status",
             ],
         ),
-        rule(&["approve"], &["certificates.k8s.io"], &["signers"])
-            .names(&["kubernetes.io/kube-apiserver-client-kubelet"]),
+        // Rudder approves nodes' serving certificates too (as k3s signs
+        // them), after the same SubjectAccessReview.
+        rule(&["approve"], &["certificates.k8s.io"], &["signers"]).names(&[
+            "kubernetes.io/kube-apiserver-client-kubelet",
+            "kubernetes.io/kubelet-serving",
+        ]),
         rule(&["sign"], &["certificates.k8s.io"], &["signers"]).names(&[
             "kubernetes.io/kube-apiserver-client",
             "kubernetes.io/kube-apiserver-client-kubelet",
@@ -561,6 +565,8 @@ fn controller_manager_rules() -> Vec<PolicyRule> {
             &["ingresses/status"],
         ),
         rule(&["create"], &["networking.k8s.io"], &["ingressclasses"]),
+        // Rudder's local-path provisioner: its default StorageClass.
+        rule(&["create"], &["storage.k8s.io"], &["storageclasses"]),
     ]
 }
 
