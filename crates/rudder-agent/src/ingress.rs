@@ -95,8 +95,14 @@ pub async fn sync(client: Client, informers: Informers, controller: IngressContr
         classes: informers.get::<IngressClass>(),
         services: informers.get::<Service>(),
         slices: informers.get::<EndpointSlice>(),
-        secrets: informers.get::<Secret>(),
+        // Only TLS Secrets, and only through this field selector: the
+        // Node authorizer lets a node list no other Secrets.
+        secrets: Informer::with_config(
+            kube::Api::all(client.clone()),
+            kube::runtime::watcher::Config::default().fields("type=kubernetes.io/tls"),
+        ),
     };
+    cached.secrets.start();
     cached.slices.add_index(SLICES_BY_SERVICE, |slice| {
         let service = slice.labels().get(SERVICE_NAME_LABEL).cloned();
         service

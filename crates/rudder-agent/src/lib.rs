@@ -32,8 +32,6 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// The node's name (default: the host name).
     pub node_name: Option<String>,
-    /// Label the node as a control-plane node (inside `rudder server`).
-    pub control_plane: bool,
     /// Where the agent's API (logs, exec) listens; port 0 picks a free one.
     pub listen: std::net::SocketAddr,
     /// The `rudder` executable the container runtime runs its shims as.
@@ -141,7 +139,6 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
     let thresholds = &config.eviction.thresholds;
     let node_config = node::NodeConfig {
         name: name.clone(),
-        control_plane: config.control_plane,
         labels: Default::default(),
         kubelet_port,
         reserved_cpu_millis: 0,

@@ -22,7 +22,6 @@ use crate::eviction::Pressure;
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub name: String,
-    pub control_plane: bool,
     pub labels: BTreeMap<String, String>,
     /// The port of the agent's API (logs, exec).
     pub kubelet_port: u16,
@@ -172,12 +171,6 @@ pub fn node_object(config: &NodeConfig, machine: &Machine) -> Node {
         "beta.kubernetes.io/arch".into(),
         labels["kubernetes.io/arch"].clone(),
     );
-    if config.control_plane {
-        labels.insert(
-            "node-role.kubernetes.io/control-plane".into(),
-            "true".into(),
-        );
-    }
     Node {
         metadata: ObjectMeta {
             name: Some(config.name.clone()),
@@ -440,7 +433,6 @@ mod tests {
     fn allocatable_subtracts_reservations_and_thresholds() {
         let config = NodeConfig {
             name: "n".into(),
-            control_plane: true,
             labels: BTreeMap::new(),
             kubelet_port: 10250,
             reserved_cpu_millis: 100,
@@ -471,7 +463,8 @@ mod tests {
         );
         assert_eq!(status.allocatable.as_ref().unwrap()["pods"].0, "110");
         let labels = node.metadata.labels.unwrap();
-        assert_eq!(labels["node-role.kubernetes.io/control-plane"], "true");
+        // Role labels are the control plane's to set (NodeRestriction).
+        assert!(!labels.contains_key("node-role.kubernetes.io/control-plane"));
         assert_eq!(labels["kubernetes.io/hostname"], "n");
         let conditions = status.conditions.unwrap();
         assert!(conditions

@@ -300,6 +300,9 @@ impl<G: NodeGraph + Send + Sync> Authorizer for NodeAuthorizer<G> {
                     return self.get(node, RefKind::ServiceAccount, attributes)
                 }
                 ("coordination.k8s.io", "leases") => return own_lease(node, attributes),
+                ("discovery.k8s.io", "endpointslices") if own_dns_slice(node, attributes) => {
+                    return Decision::Allow(String::new());
+                }
                 ("storage.k8s.io", "csinodes") => return own_csinode(node, attributes),
                 _ => {}
             }
@@ -310,6 +313,17 @@ impl<G: NodeGraph + Send + Sync> Authorizer for NodeAuthorizer<G> {
             Decision::NoOpinion(String::new())
         }
     }
+}
+
+/// The node's own kube-dns EndpointSlice (`kube-system/kube-dns-NAME`):
+/// every Rudder agent serves cluster DNS and publishes itself there.
+fn own_dns_slice(node: &str, attributes: &Attributes) -> bool {
+    let mut own = format!("kube-dns-{node}");
+    own.truncate(253);
+    attributes.namespace == "kube-system"
+        && attributes.subresource.is_empty()
+        && attributes.name == own
+        && matches!(attributes.verb.as_str(), "get" | "create" | "update" | "patch" | "delete")
 }
 
 /// A node's heartbeat: only `kube-node-lease/NAME` (create names nothing

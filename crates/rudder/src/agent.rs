@@ -122,7 +122,6 @@ pub fn config(
     data_dir: &Path,
     flags: &AgentFlags,
     ranges: &ClusterRanges,
-    control_plane: bool,
 ) -> anyhow::Result<rudder_agent::AgentConfig> {
     let mut registries = rudder_image::RegistriesConfig::load(&flags.registries_config)
         .with_context(|| format!("reading {}", flags.registries_config.display()))?;
@@ -146,7 +145,6 @@ pub fn config(
         registries,
         data_dir: data_dir.to_path_buf(),
         node_name: flags.node_name.clone(),
-        control_plane,
         listen: listen_address(flags.agent_port),
         binary: crate::self_exe(),
         bridge: flags.bridge_name.clone(),
@@ -202,7 +200,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         cluster_cidr: args.cluster_cidr.clone(),
         service_cidr: args.service_cidr.clone(),
     };
-    let mut config = config(&args.data_dir, &args.flags, &ranges, false)?;
+    let mut config = config(&args.data_dir, &args.flags, &ranges)?;
     config.node_ip = args.node_ip;
     match node_tls {
         Some((serving, client_ca_pem)) => {

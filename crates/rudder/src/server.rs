@@ -153,6 +153,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let url = format!("https://{reach}");
     let kubeconfig = args.data_dir.join("kubeconfig.yaml");
+    let admin_kubeconfig = kubeconfig.clone();
     let admin = pki
         .ensure_client(rudder_auth::pki::CLIENT_ADMIN, "system:admin", &["system:masters"])
         .context("issuing the admin certificate")?;
@@ -223,6 +224,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .ensure_serving("serving-kubelet", &[node_name.clone()], &node_ips)
             .context("issuing the node's serving certificate")?;
         let client = crate::client::client_from(Some(&kubeconfig)).await?;
+        // The node's role is the control plane's to state: NodeRestriction
+        // keeps nodes from labelling themselves with node-role labels.
+        let admin_client = crate::client::client_from(Some(&admin_kubeconfig)).await?;
+        tokio::spawn(label_control_plane(admin_client, node_name.clone()));
         let ranges = crate::agent::ClusterRanges {
             cluster_cidr: args.controller_flags.cluster_cidr().to_owned(),
             service_cidr: args.service_cidr.clone(),
@@ -231,7 +236,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             &args.data_dir.join("agent"),
             &args.agent_flags,
             &ranges,
-            true,
         )?;
         config.server_security =
             rudder_agent::server::ServerSecurity::Tls(rudder_agent::server::ServingTls {
@@ -259,6 +263,25 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Labels this machine's node `node-role.kubernetes.io/control-plane`
+/// once its agent has registered it (as k3s' server does).
+async fn label_control_plane(client: kube::Client, node: String) {
+    use k8s_openapi::api::core::v1::Node;
+    let nodes: kube::Api<Node> = kube::Api::all(client);
+    let patch = serde_json::json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": "true"}}});
+    loop {
+        match nodes
+            .patch(&node, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return,
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => tracing::debug!(error = %err, "labelling the control-plane node; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 pub async fn shutdown_signal() {

@@ -331,6 +331,29 @@ impl ApiServer {
             .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
             .filter(|a: &Vec<String>| !a.is_empty())
             .unwrap_or_else(|| security.config.api_audiences.clone());
+        if let Some(user) = super::current_user().filter(|u| u.node_name().is_some()) {
+            // NodeRestriction: a node asks only for tokens bound to a pod
+            // of its own.
+            let bound_pod = match spec.pointer("/boundObjectRef/kind").and_then(Value::as_str) {
+                Some("Pod") => {
+                    let pod_name = spec.pointer("/boundObjectRef/name").and_then(Value::as_str).unwrap_or("");
+                    self.cached_object("", "pods", namespace, pod_name).await
+                }
+                _ => None,
+            };
+            rudder_auth::node::node_restriction(
+                &user,
+                "CREATE",
+                "",
+                "serviceaccounts",
+                "token",
+                namespace,
+                name,
+                bound_pod.as_deref(),
+                Some(&request),
+            )
+            .map_err(|reason| ApiError::Forbidden(format!("serviceaccounts \"{name}\" is forbidden: {reason}")))?;
+        }
         let now = SystemTime::now();
         let mut claims = Claims::bound(
             namespace,

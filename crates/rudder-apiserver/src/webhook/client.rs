@@ -60,6 +60,7 @@ impl TlsConfigs {
 /// kube-apiserver asks of webhooks.
 fn build_tls_config(ca_bundle: &[u8]) -> Result<rustls::ClientConfig, CallError> {
     let mut roots = rustls::RootCertStore::empty();
+    let mut anchors: Vec<CertificateDer<'static>> = Vec::new();
     if ca_bundle.is_empty() {
         let native = rustls_native_certs::load_native_certs();
         for cert in native.certs {
@@ -76,19 +77,126 @@ fn build_tls_config(ca_bundle: &[u8]) -> Result<rustls::ClientConfig, CallError>
             ));
         }
         for cert in certs {
+            anchors.push(cert.clone());
             roots
                 .add(cert)
                 .map_err(|e| CallError::Client(format!("unable to load root certificates: {e}")))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| CallError::Client(format!("unable to load root certificates: {e}")))?;
+    let verifier = Arc::new(BundleVerifier {
+        webpki,
+        anchors,
+        provider: provider.clone(),
+    });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| CallError::Client(e.to_string()))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// The caBundle's verification as Go's crypto/x509 does it: a chain to one
+/// of its certificates, or the server's certificate being one of them.
+/// Go trusts a certificate found in the root pool as it is, CA or not, so
+/// a self-signed webhook certificate can serve as its own caBundle (what
+/// `openssl req -x509` makes carries CA:TRUE, which webpki refuses as an
+/// end entity). The name and validity period are still checked.
+#[derive(Debug)]
+struct BundleVerifier {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    anchors: Vec<CertificateDer<'static>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for BundleVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let chained = self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        if chained.is_ok() || !self.anchors.iter().any(|a| a.as_ref() == end_entity.as_ref()) {
+            return chained;
+        }
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(e)))))?;
+        cert.verify_is_valid_for_subject_name(server_name)
+            .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))?;
+        let parsed = x509_validity(end_entity.as_ref());
+        if let Some((not_before, not_after)) = parsed {
+            let now = now.as_secs();
+            if now < not_before {
+                return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYet));
+            }
+            if now > not_after {
+                return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired));
+            }
+        }
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A certificate's notBefore and notAfter (Unix seconds).
+fn x509_validity(der: &[u8]) -> Option<(u64, u64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let validity = cert.validity();
+    Some((
+        u64::try_from(validity.not_before.timestamp()).ok()?,
+        u64::try_from(validity.not_after.timestamp()).ok()?,
+    ))
 }
 
 /// Where to connect and what to verify, for one call.

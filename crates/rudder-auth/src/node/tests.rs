@@ -659,3 +659,31 @@ fn node_pvc_status_updates_touch_only_capacity_and_conditions() {
         "is not allowed to update fields other than status.capacity and status.conditions"
     ));
 }
+
+#[test]
+fn a_node_publishes_only_its_own_kube_dns_slice() {
+    let authorizer = authorizer();
+    let n1 = node_user("n1");
+    let slices = "endpointslices";
+    let group = "discovery.k8s.io";
+    for verb in ["get", "patch", "update", "delete"] {
+        assert!(
+            authorizer
+                .authorize(&request(&n1, verb, group, slices, "kube-system", "kube-dns-n1"))
+                .allowed(),
+            "{verb} its own"
+        );
+        assert!(
+            !authorizer
+                .authorize(&request(&n1, verb, group, slices, "kube-system", "kube-dns-n2"))
+                .allowed(),
+            "{verb} another node's"
+        );
+    }
+    assert!(!authorizer
+        .authorize(&request(&n1, "patch", group, slices, "default", "kube-dns-n1"))
+        .allowed());
+    assert!(authorizer
+        .authorize(&request(&n1, "list", group, slices, "", ""))
+        .allowed());
+}
