@@ -114,7 +114,9 @@ async fn default_rbac_policy(server: &ApiServer) -> Result<(), ApiError> {
                 Some(kv) => {
                     let current = crate::rest::decode(&kv)?;
                     let autoupdate = current
-                        .pointer("/metadata/annotations/rbac.authorization.kubernetes.io~1autoupdate")
+                        .pointer(
+                            "/metadata/annotations/rbac.authorization.kubernetes.io~1autoupdate",
+                        )
                         .and_then(serde_json::Value::as_str)
                         == Some("true");
                     if !autoupdate {
@@ -136,7 +138,11 @@ async fn default_rbac_policy(server: &ApiServer) -> Result<(), ApiError> {
                     if wanted != current {
                         let _ = server
                             .store()
-                            .update(&key, serde_json::to_vec(&wanted).unwrap_or_default(), kv.mod_revision)
+                            .update(
+                                &key,
+                                serde_json::to_vec(&wanted).unwrap_or_default(),
+                                kv.mod_revision,
+                            )
                             .await;
                     }
                 }

@@ -234,9 +234,11 @@ async fn pod_metrics(
         .collect();
     let dialer = crate::node_proxy::NodeDialer::of(server);
     let dialer = &dialer;
-    let summaries = futures::future::join_all(nodes.iter().map(|(name, node)| async move {
-        (name.clone(), fetch_summary(dialer, node).await)
-    }))
+    let summaries = futures::future::join_all(
+        nodes
+            .iter()
+            .map(|(name, node)| async move { (name.clone(), fetch_summary(dialer, node).await) }),
+    )
     .await;
     let mut items = Vec::new();
     for (node, summary) in summaries {

@@ -456,7 +456,8 @@ impl ApiServer {
             name: &name,
             dry_run: query.dry_run()?,
         };
-        self.admit_secure_mutating(&admission, &mut obj, None).await?;
+        self.admit_secure_mutating(&admission, &mut obj, None)
+            .await?;
         self.admit_create(info, &mut obj).await?;
         // Defaults may need the uid (a Job's selector is its uid).
         meta_mut(&mut obj).insert("uid".into(), json!(object::new_uid()));

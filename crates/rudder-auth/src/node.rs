@@ -323,7 +323,10 @@ fn own_dns_slice(node: &str, attributes: &Attributes) -> bool {
     attributes.namespace == "kube-system"
         && attributes.subresource.is_empty()
         && attributes.name == own
-        && matches!(attributes.verb.as_str(), "get" | "create" | "update" | "patch" | "delete")
+        && matches!(
+            attributes.verb.as_str(),
+            "get" | "create" | "update" | "patch" | "delete"
+        )
 }
 
 /// A node's heartbeat: only `kube-node-lease/NAME` (create names nothing

@@ -91,6 +91,10 @@ mod tests {
         let node = UserInfo::authenticated("system:node:n1", &[NODES]);
         assert_eq!(node.node_name(), Some("n1"));
         let pretender = UserInfo::authenticated("system:node:n1", &[]);
-        assert_eq!(pretender.node_name(), None, "the group is what makes a node");
+        assert_eq!(
+            pretender.node_name(),
+            None,
+            "the group is what makes a node"
+        );
     }
 }

@@ -42,9 +42,19 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         .context("the kubeconfig carries no CA")?;
 
     for ns in ["bench-sa", "bench-admin"] {
-        apply(&admin, "/api/v1/namespaces", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await?;
+        apply(
+            &admin,
+            "/api/v1/namespaces",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        )
+        .await?;
     }
-    apply(&admin, "/api/v1/namespaces/bench-sa/serviceaccounts", json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "bench"}})).await?;
+    apply(
+        &admin,
+        "/api/v1/namespaces/bench-sa/serviceaccounts",
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "bench"}}),
+    )
+    .await?;
     apply(&admin, "/apis/rbac.authorization.k8s.io/v1/namespaces/bench-sa/roles", json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "pods"},
         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "delete", "deletecollection"]}]
@@ -59,7 +69,10 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
             "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 7200}
         }))?)?;
     let answer: serde_json::Value = admin.request(request).await.context("requesting a token")?;
-    let token = answer["status"]["token"].as_str().context("no token in the TokenRequest")?.to_owned();
+    let token = answer["status"]["token"]
+        .as_str()
+        .context("no token in the TokenRequest")?
+        .to_owned();
 
     let mut config = kube::Config::new(server.url.parse()?);
     config.root_cert = Some(vec![pem_der(&String::from_utf8(base64_decode(&ca)?)?)?]);
@@ -69,15 +82,30 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let probe: Api<Pod> = Api::namespaced(account.clone(), "bench-sa");
     let deadline = Instant::now() + Duration::from_secs(30);
     while probe.list(&ListParams::default().limit(1)).await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "the ServiceAccount never got its RBAC rights");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the ServiceAccount never got its RBAC rights"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     let per_round = args.pods.clamp(100, 2_000);
     let (mut best_sa, mut best_admin) = (f64::MAX, f64::MAX);
     for round in 0..ROUNDS {
-        let sa = workload(Api::namespaced(account.clone(), "bench-sa"), per_round, args.clients, round).await?;
-        let adm = workload(Api::namespaced(admin.clone(), "bench-admin"), per_round, args.clients, round).await?;
+        let sa = workload(
+            Api::namespaced(account.clone(), "bench-sa"),
+            per_round,
+            args.clients,
+            round,
+        )
+        .await?;
+        let adm = workload(
+            Api::namespaced(admin.clone(), "bench-admin"),
+            per_round,
+            args.clients,
+            round,
+        )
+        .await?;
         best_sa = best_sa.min(sa);
         best_admin = best_admin.min(adm);
     }
@@ -96,7 +124,12 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
 }
 
 /// `count` creates and `count` GETs over `clients` connections; seconds.
-async fn workload(pods: Api<Pod>, count: usize, clients: usize, round: usize) -> anyhow::Result<f64> {
+async fn workload(
+    pods: Api<Pod>,
+    count: usize,
+    clients: usize,
+    round: usize,
+) -> anyhow::Result<f64> {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -144,7 +177,8 @@ async fn handshakes(url: &str, ca_b64: &str) -> anyhow::Result<f64> {
 }
 
 async fn apply(client: &Client, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
-    let request = kube::core::Request::new(path).create(&PostParams::default(), serde_json::to_vec(&body)?)?;
+    let request = kube::core::Request::new(path)
+        .create(&PostParams::default(), serde_json::to_vec(&body)?)?;
     match client.request::<serde_json::Value>(request).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),

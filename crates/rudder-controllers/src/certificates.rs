@@ -95,7 +95,8 @@ pub fn recognize(
     }
     match signer {
         KUBELET_CLIENT_SIGNER => {
-            let allowed: BTreeSet<&str> = ["digital signature", "key encipherment", "client auth"].into();
+            let allowed: BTreeSet<&str> =
+                ["digital signature", "key encipherment", "client auth"].into();
             if !usages.contains("client auth") || !usages.is_subset(&allowed) {
                 return None;
             }
@@ -111,7 +112,8 @@ pub fn recognize(
             }
         }
         KUBELET_SERVING_SIGNER => {
-            let allowed: BTreeSet<&str> = ["digital signature", "key encipherment", "server auth"].into();
+            let allowed: BTreeSet<&str> =
+                ["digital signature", "key encipherment", "server auth"].into();
             if !usages.contains("server auth") || !usages.is_subset(&allowed) {
                 return None;
             }
@@ -173,7 +175,10 @@ pub fn start_approving(ctx: &Context) -> BoxFuture<'static, anyhow::Result<()>> 
     .boxed()
 }
 
-async fn approve_one(client: &kube::Client, csr: &CertificateSigningRequest) -> Result<(), kube::Error> {
+async fn approve_one(
+    client: &kube::Client,
+    csr: &CertificateSigningRequest,
+) -> Result<(), kube::Error> {
     if has_condition(csr, "Approved") || has_condition(csr, "Denied") {
         return Ok(());
     }
@@ -245,7 +250,9 @@ pub fn start_signing(ctx: &Context) -> BoxFuture<'static, anyhow::Result<()>> {
     let ctx = ctx.clone();
     let Some(signing) = ctx.options.cluster_signing.clone() else {
         return async {
-            tracing::info!("no cluster signing CA configured: CertificateSigningRequests are not signed");
+            tracing::info!(
+                "no cluster signing CA configured: CertificateSigningRequests are not signed"
+            );
             futures::future::pending::<()>().await;
             Ok(())
         }
@@ -310,16 +317,15 @@ async fn sign_one(
         Ok(pem) => status.certificate = Some(k8s_openapi::ByteString(pem.into_bytes())),
         Err(err) => {
             // A request that cannot be signed says why, and stays failed.
-            status
-                .conditions
-                .get_or_insert_with(Vec::new)
-                .push(CertificateSigningRequestCondition {
+            status.conditions.get_or_insert_with(Vec::new).push(
+                CertificateSigningRequestCondition {
                     type_: "Failed".into(),
                     status: "True".into(),
                     reason: Some("SignerValidationFailure".into()),
                     message: Some(err.to_string()),
                     ..Default::default()
-                });
+                },
+            );
         }
     }
     let api: Api<CertificateSigningRequest> = Api::all(client.clone());
@@ -337,7 +343,9 @@ mod tests {
             common_name: cn.into(),
             organizations: orgs.iter().map(|o| o.to_string()).collect(),
             dns_names: vec![],
-            ip_addresses: (0..ips).map(|i| std::net::IpAddr::from([10, 0, 0, i as u8 + 1])).collect(),
+            ip_addresses: (0..ips)
+                .map(|i| std::net::IpAddr::from([10, 0, 0, i as u8 + 1]))
+                .collect(),
         }
     }
 
@@ -352,24 +360,98 @@ mod tests {
         let nodes = strings(&["system:nodes", "system:authenticated"]);
         let n1 = info("system:node:n1", &["system:nodes"], 0);
         let cases: &[(&str, &str, &[String], &[String], &CsrInfo, Option<Approval>)] = &[
-            (KUBELET_CLIENT_SIGNER, "system:bootstrap:x", &bootstrap, &client_usages, &n1, Some(Approval::NodeClient)),
-            (KUBELET_CLIENT_SIGNER, "system:node:n1", &nodes, &client_usages, &n1, Some(Approval::SelfNodeClient)),
+            (
+                KUBELET_CLIENT_SIGNER,
+                "system:bootstrap:x",
+                &bootstrap,
+                &client_usages,
+                &n1,
+                Some(Approval::NodeClient),
+            ),
+            (
+                KUBELET_CLIENT_SIGNER,
+                "system:node:n1",
+                &nodes,
+                &client_usages,
+                &n1,
+                Some(Approval::SelfNodeClient),
+            ),
             // Another node's name, asked for by a node: no.
-            (KUBELET_CLIENT_SIGNER, "system:node:n2", &nodes, &client_usages, &n1, None),
+            (
+                KUBELET_CLIENT_SIGNER,
+                "system:node:n2",
+                &nodes,
+                &client_usages,
+                &n1,
+                None,
+            ),
             // A user who is neither: no.
-            (KUBELET_CLIENT_SIGNER, "alice", &strings(&["system:authenticated"]), &client_usages, &n1, None),
+            (
+                KUBELET_CLIENT_SIGNER,
+                "alice",
+                &strings(&["system:authenticated"]),
+                &client_usages,
+                &n1,
+                None,
+            ),
             // Not a node subject: no.
-            (KUBELET_CLIENT_SIGNER, "system:bootstrap:x", &bootstrap, &client_usages, &info("admin", &["system:masters"], 0), None),
+            (
+                KUBELET_CLIENT_SIGNER,
+                "system:bootstrap:x",
+                &bootstrap,
+                &client_usages,
+                &info("admin", &["system:masters"], 0),
+                None,
+            ),
             // Server usage on the client signer: no.
-            (KUBELET_CLIENT_SIGNER, "system:bootstrap:x", &bootstrap, &strings(&["server auth"]), &n1, None),
+            (
+                KUBELET_CLIENT_SIGNER,
+                "system:bootstrap:x",
+                &bootstrap,
+                &strings(&["server auth"]),
+                &n1,
+                None,
+            ),
             // Serving: a node for itself, with an address.
-            (KUBELET_SERVING_SIGNER, "system:node:n1", &nodes, &strings(&["digital signature", "server auth"]), &info("system:node:n1", &["system:nodes"], 1), Some(Approval::SelfNodeServer)),
-            (KUBELET_SERVING_SIGNER, "system:bootstrap:x", &bootstrap, &strings(&["server auth"]), &info("system:node:n1", &["system:nodes"], 1), None),
-            (KUBELET_SERVING_SIGNER, "system:node:n1", &nodes, &strings(&["server auth"]), &n1, None),
-            ("example.com/other", "system:node:n1", &nodes, &client_usages, &n1, None),
+            (
+                KUBELET_SERVING_SIGNER,
+                "system:node:n1",
+                &nodes,
+                &strings(&["digital signature", "server auth"]),
+                &info("system:node:n1", &["system:nodes"], 1),
+                Some(Approval::SelfNodeServer),
+            ),
+            (
+                KUBELET_SERVING_SIGNER,
+                "system:bootstrap:x",
+                &bootstrap,
+                &strings(&["server auth"]),
+                &info("system:node:n1", &["system:nodes"], 1),
+                None,
+            ),
+            (
+                KUBELET_SERVING_SIGNER,
+                "system:node:n1",
+                &nodes,
+                &strings(&["server auth"]),
+                &n1,
+                None,
+            ),
+            (
+                "example.com/other",
+                "system:node:n1",
+                &nodes,
+                &client_usages,
+                &n1,
+                None,
+            ),
         ];
         for (i, (signer, requester, groups, usages, info, want)) in cases.iter().enumerate() {
-            assert_eq!(recognize(signer, requester, groups, usages, info), *want, "case {i}");
+            assert_eq!(
+                recognize(signer, requester, groups, usages, info),
+                *want,
+                "case {i}"
+            );
         }
     }
 }

@@ -8,9 +8,9 @@
 //! cache, and write only through the API. One module per controller, each
 //! with its tests against a real in-process API server.
 
+pub mod certificates;
 pub mod clusterrole_aggregation;
 pub mod context;
-pub mod certificates;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;

@@ -66,7 +66,10 @@ pub fn start(ctx: &Context) -> BoxFuture<'static, anyhow::Result<()>> {
                         Some(cm) => {
                             let mut cm = (*cm).clone();
                             cm.data = Some(data);
-                            match api.replace(ROOT_CA_CONFIGMAP, &PostParams::default(), &cm).await {
+                            match api
+                                .replace(ROOT_CA_CONFIGMAP, &PostParams::default(), &cm)
+                                .await
+                            {
                                 Ok(_) => Ok(None),
                                 Err(err) if matches!(api_code(&err), Some(409) | Some(404)) => {
                                     Ok(Some(std::time::Duration::from_millis(200)))
@@ -89,7 +92,9 @@ pub fn start(ctx: &Context) -> BoxFuture<'static, anyhow::Result<()>> {
                             };
                             match api.create(&PostParams::default(), &cm).await {
                                 Ok(_) => Ok(None),
-                                Err(err) if matches!(api_code(&err), Some(409) | Some(403)) => Ok(None),
+                                Err(err) if matches!(api_code(&err), Some(409) | Some(403)) => {
+                                    Ok(None)
+                                }
                                 Err(err) => Err(err),
                             }
                         }
@@ -122,15 +127,24 @@ mod tests {
                 .is_some_and(|c| c.contains("test"))
         };
         let mut cm = eventually("the root CA ConfigMap", || async {
-            api.get_opt(ROOT_CA_CONFIGMAP).await.unwrap().filter(|c| want(c))
+            api.get_opt(ROOT_CA_CONFIGMAP)
+                .await
+                .unwrap()
+                .filter(|c| want(c))
         })
         .await;
-        cm.data = Some(BTreeMap::from([("ca.crt".to_string(), "tampered".to_string())]));
+        cm.data = Some(BTreeMap::from([(
+            "ca.crt".to_string(),
+            "tampered".to_string(),
+        )]));
         api.replace(ROOT_CA_CONFIGMAP, &PostParams::default(), &cm)
             .await
             .unwrap();
         eventually("the edit is undone", || async {
-            api.get_opt(ROOT_CA_CONFIGMAP).await.unwrap().filter(|c| want(c))
+            api.get_opt(ROOT_CA_CONFIGMAP)
+                .await
+                .unwrap()
+                .filter(|c| want(c))
         })
         .await;
     }

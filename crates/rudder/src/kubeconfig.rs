@@ -78,7 +78,12 @@ mod tests {
             cert_pem: "CERT".into(),
             key_pem: "KEY".into(),
         };
-        let text = super::render("https://h:1", Some("CA"), "system:admin", Some(&credentials));
+        let text = super::render(
+            "https://h:1",
+            Some("CA"),
+            "system:admin",
+            Some(&credentials),
+        );
         assert!(text.contains("certificate-authority-data: Q0E=\n"));
         assert!(text.contains("client-certificate-data: Q0VSVA==\n"));
         assert!(text.contains("- name: system:admin\n  user:\n    client-certificate-data"));

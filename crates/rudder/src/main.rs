@@ -48,7 +48,12 @@ enum Command {
         #[command(subcommand)]
         action: CertificateAction,
         /// The server's data directory.
-        #[arg(long, global = true, env = "RUDDER_DATA_DIR", default_value = "/var/lib/rudder/server")]
+        #[arg(
+            long,
+            global = true,
+            env = "RUDDER_DATA_DIR",
+            default_value = "/var/lib/rudder/server"
+        )]
         data_dir: std::path::PathBuf,
     },
     /// The join token: `rotate` replaces its secret (agents that already
@@ -57,7 +62,12 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
         /// The server's data directory.
-        #[arg(long, global = true, env = "RUDDER_DATA_DIR", default_value = "/var/lib/rudder/server")]
+        #[arg(
+            long,
+            global = true,
+            env = "RUDDER_DATA_DIR",
+            default_value = "/var/lib/rudder/server"
+        )]
         data_dir: std::path::PathBuf,
     },
     /// Manages the encryption of Secrets at rest (offline: stop the server first).

@@ -31,7 +31,11 @@ pub struct ServerCredentials {
 /// Every name and address the API server is reached at: the listen
 /// address (or, listening on all, the host's), the host's name,
 /// `localhost`, the `kubernetes` Service's names and its first address.
-fn serving_names(listen: SocketAddr, service_ip: Ipv4Addr, extra: &[String]) -> (Vec<String>, Vec<IpAddr>) {
+fn serving_names(
+    listen: SocketAddr,
+    service_ip: Ipv4Addr,
+    extra: &[String],
+) -> (Vec<String>, Vec<IpAddr>) {
     let mut dns: Vec<String> = vec![
         "localhost".into(),
         "kubernetes".into(),
@@ -80,7 +84,8 @@ pub fn server_credentials(
     service_ip: Ipv4Addr,
     tls_sans: &[String],
 ) -> anyhow::Result<ServerCredentials> {
-    let pki = ClusterPki::load_or_create(&data_dir.join("tls")).context("loading the cluster PKI")?;
+    let pki =
+        ClusterPki::load_or_create(&data_dir.join("tls")).context("loading the cluster PKI")?;
     let (dns, ips) = serving_names(listen, service_ip, tls_sans);
     let serving = pki
         .ensure_serving(pki::SERVING_KUBE_APISERVER, &dns, &ips)
@@ -144,7 +149,13 @@ pub fn component_kubeconfig(
         .ensure_client(stem, common_name, groups)
         .with_context(|| format!("issuing the certificate of {common_name}"))?;
     let path = data_dir.join("cred").join(format!("{stem}.kubeconfig"));
-    write_kubeconfig(&path, server, pki.server_ca_pem(), common_name, &credentials)?;
+    write_kubeconfig(
+        &path,
+        server,
+        pki.server_ca_pem(),
+        common_name,
+        &credentials,
+    )?;
     Ok(path)
 }
 
@@ -152,7 +163,10 @@ pub fn component_kubeconfig(
 pub fn rotate_certificates(data_dir: &Path) -> anyhow::Result<()> {
     let dir = data_dir.join("tls");
     if !dir.join(format!("{}.crt", pki::SERVER_CA)).exists() {
-        bail!("no cluster PKI in {} (is --data-dir the server's?)", dir.display());
+        bail!(
+            "no cluster PKI in {} (is --data-dir the server's?)",
+            dir.display()
+        );
     }
     let pki = ClusterPki::load_or_create(&dir).context("loading the cluster PKI")?;
     let rotated = pki.rotate().context("re-issuing the certificates")?;
@@ -167,12 +181,19 @@ pub fn rotate_certificates(data_dir: &Path) -> anyhow::Result<()> {
 pub fn rotate_token(data_dir: &Path) -> anyhow::Result<()> {
     let dir = data_dir.join("tls");
     if !dir.join(format!("{}.crt", pki::SERVER_CA)).exists() {
-        bail!("no cluster PKI in {} (is --data-dir the server's?)", dir.display());
+        bail!(
+            "no cluster PKI in {} (is --data-dir the server's?)",
+            dir.display()
+        );
     }
     let pki = ClusterPki::load_or_create(&dir).context("loading the cluster PKI")?;
-    let token = pki::rotate_join_token(data_dir, pki.server_ca_pem()).context("rotating the join token")?;
+    let token =
+        pki::rotate_join_token(data_dir, pki.server_ca_pem()).context("rotating the join token")?;
     println!("{token}");
-    println!("written to {}; restart `rudder server` to accept it (the old token stops working)", data_dir.join(pki::join::NODE_TOKEN_FILE).display());
+    println!(
+        "written to {}; restart `rudder server` to accept it (the old token stops working)",
+        data_dir.join(pki::join::NODE_TOKEN_FILE).display()
+    );
     Ok(())
 }
 
@@ -180,9 +201,16 @@ pub fn rotate_token(data_dir: &Path) -> anyhow::Result<()> {
 
 /// Fetches `path` from the server over TLS with `config` (plain HTTP/1.1,
 /// one request: only for the CA bundles before the agent has a client).
-async fn fetch(server: &http::Uri, path: &str, config: Arc<rustls::ClientConfig>) -> anyhow::Result<Vec<u8>> {
+async fn fetch(
+    server: &http::Uri,
+    path: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<Vec<u8>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = server.host().context("the --server URL has no host")?.to_owned();
+    let host = server
+        .host()
+        .context("the --server URL has no host")?
+        .to_owned();
     let port = server.port_u16().unwrap_or(443);
     let stream = tokio::time::timeout(
         Duration::from_secs(10),
@@ -191,7 +219,10 @@ async fn fetch(server: &http::Uri, path: &str, config: Arc<rustls::ClientConfig>
     .await
     .context("connecting to the server timed out")?
     .with_context(|| format!("connecting to {host}:{port}"))?;
-    let name = match host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+    let name = match host
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<IpAddr>()
+    {
         Ok(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
         Err(_) => rustls::pki_types::ServerName::try_from(host.clone())
             .context("the --server host is not a valid name")?,
@@ -200,8 +231,10 @@ async fn fetch(server: &http::Uri, path: &str, config: Arc<rustls::ClientConfig>
         .connect(name, stream)
         .await
         .context("TLS handshake with the server")?;
-    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut response = Vec::new();
     let _ = tls.read_to_end(&mut response).await;
     let split = response
@@ -213,7 +246,10 @@ async fn fetch(server: &http::Uri, path: &str, config: Arc<rustls::ClientConfig>
         bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
     }
     let body = response[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return Ok(dechunk(&body));
     }
     Ok(body)
@@ -223,7 +259,8 @@ fn dechunk(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut rest = body;
     while let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line_end]).trim(), 16).unwrap_or(0);
+        let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line_end]).trim(), 16)
+            .unwrap_or(0);
         if size == 0 {
             break;
         }
@@ -266,7 +303,9 @@ pub async fn join(
     node_ips: &[IpAddr],
 ) -> anyhow::Result<AgentCredentials> {
     let token = JoinToken::parse(token).context("reading --token")?;
-    let url: http::Uri = server.parse().with_context(|| format!("invalid --server {server:?}"))?;
+    let url: http::Uri = server
+        .parse()
+        .with_context(|| format!("invalid --server {server:?}"))?;
     if url.scheme_str() != Some("https") {
         bail!("--token needs an https:// --server (got {server})");
     }
@@ -284,12 +323,17 @@ pub async fn join(
         .await
         .context("fetching the client CA")?;
     let client_ca_pem = String::from_utf8(client_ca).context("the client CA is not PEM text")?;
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
 
     let user = format!("system:node:{node_name}");
     let kubeconfig = agent_kubeconfig_path(data_dir);
-    let client_files = (data_dir.join("client-kubelet.crt"), data_dir.join("client-kubelet.key"));
-    let reusable = read_pair(&client_files).filter(|c| still_valid(&c.cert_pem) && issued_for(&c.cert_pem, &user));
+    let client_files = (
+        data_dir.join("client-kubelet.crt"),
+        data_dir.join("client-kubelet.key"),
+    );
+    let reusable = read_pair(&client_files)
+        .filter(|c| still_valid(&c.cert_pem) && issued_for(&c.cert_pem, &user));
     let client_credentials = match reusable {
         Some(credentials) => credentials,
         None => {
@@ -311,18 +355,17 @@ pub async fn join(
     };
     write_kubeconfig(&kubeconfig, server, &ca_pem, &user, &client_credentials)?;
 
-    let serving_files = (data_dir.join("serving-kubelet.crt"), data_dir.join("serving-kubelet.key"));
+    let serving_files = (
+        data_dir.join("serving-kubelet.crt"),
+        data_dir.join("serving-kubelet.key"),
+    );
     let serving = match read_pair(&serving_files).filter(|c| still_valid(&c.cert_pem)) {
         Some(serving) => serving,
         None => {
             let client = crate::client::client_from(Some(&kubeconfig)).await?;
-            let (key_pem, csr_pem) = pki::new_key_and_csr(
-                &user,
-                &["system:nodes"],
-                &[node_name.to_owned()],
-                node_ips,
-            )
-            .context("making the node's serving key")?;
+            let (key_pem, csr_pem) =
+                pki::new_key_and_csr(&user, &["system:nodes"], &[node_name.to_owned()], node_ips)
+                    .context("making the node's serving key")?;
             let cert_pem = request_certificate(
                 &client,
                 &csr_pem,
@@ -369,9 +412,12 @@ fn read_pair(files: &(PathBuf, PathBuf)) -> Option<CertAndKey> {
 }
 
 fn write_pair(files: &(PathBuf, PathBuf), credentials: &CertAndKey) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
-    for (path, contents) in [(&files.0, &credentials.cert_pem), (&files.1, &credentials.key_pem)] {
+    use std::os::unix::fs::OpenOptionsExt;
+    for (path, contents) in [
+        (&files.0, &credentials.cert_pem),
+        (&files.1, &credentials.key_pem),
+    ] {
         let tmp = path.with_extension("tmp");
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -389,7 +435,11 @@ fn write_pair(files: &(PathBuf, PathBuf), credentials: &CertAndKey) -> anyhow::R
 
 /// A client that authenticates with the join secret (bootstrap only).
 fn bearer_client(server: &str, ca_pem: &str, secret: &str) -> anyhow::Result<kube::Client> {
-    let mut config = kube::Config::new(server.parse().with_context(|| format!("invalid --server {server:?}"))?);
+    let mut config = kube::Config::new(
+        server
+            .parse()
+            .with_context(|| format!("invalid --server {server:?}"))?,
+    );
     config.root_cert = Some(vec![pem_to_der(ca_pem)?]);
     config.auth_info.token = Some(secret.to_owned().into());
     kube::Client::try_from(config).context("creating the bootstrap client")
@@ -402,7 +452,9 @@ async fn request_certificate(
     signer: &str,
     usages: &[&str],
 ) -> anyhow::Result<String> {
-    use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestSpec};
+    use k8s_openapi::api::certificates::v1::{
+        CertificateSigningRequest, CertificateSigningRequestSpec,
+    };
     let api: kube::Api<CertificateSigningRequest> = kube::Api::all(client.clone());
     let request = CertificateSigningRequest {
         metadata: kube::api::ObjectMeta {
@@ -425,10 +477,15 @@ async fn request_certificate(
     tracing::info!(csr = %name, signer, "waiting for the certificate");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
-        let csr = api.get(&name).await.with_context(|| format!("reading {name}"))?;
+        let csr = api
+            .get(&name)
+            .await
+            .with_context(|| format!("reading {name}"))?;
         if let Some(status) = &csr.status {
             for condition in status.conditions.iter().flatten() {
-                if (condition.type_ == "Denied" || condition.type_ == "Failed") && condition.status == "True" {
+                if (condition.type_ == "Denied" || condition.type_ == "Failed")
+                    && condition.status == "True"
+                {
                     bail!(
                         "the CertificateSigningRequest {name} was {}: {}",
                         condition.type_.to_lowercase(),
@@ -437,7 +494,8 @@ async fn request_certificate(
                 }
             }
             if let Some(cert) = status.certificate.as_ref().filter(|c| !c.0.is_empty()) {
-                return String::from_utf8(cert.0.clone()).context("the certificate is not PEM text");
+                return String::from_utf8(cert.0.clone())
+                    .context("the certificate is not PEM text");
             }
         }
         if tokio::time::Instant::now() > deadline {
@@ -453,8 +511,19 @@ mod tests {
 
     #[test]
     fn the_serving_certificate_names_every_way_to_the_api() {
-        let (dns, ips) = serving_names("10.99.0.1:6443".parse().unwrap(), Ipv4Addr::new(10, 43, 0, 1), &["api.example.com".into()]);
-        for name in ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "api.example.com"] {
+        let (dns, ips) = serving_names(
+            "10.99.0.1:6443".parse().unwrap(),
+            Ipv4Addr::new(10, 43, 0, 1),
+            &["api.example.com".into()],
+        );
+        for name in [
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+            "api.example.com",
+        ] {
             assert!(dns.contains(&name.to_string()), "{name}");
         }
         for ip in ["10.99.0.1", "127.0.0.1", "10.43.0.1"] {
@@ -464,6 +533,9 @@ mod tests {
 
     #[test]
     fn chunked_bodies_are_joined() {
-        assert_eq!(dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), b"hello world");
+        assert_eq!(
+            dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            b"hello world"
+        );
     }
 }

@@ -124,8 +124,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("reading the audit policy {}", file.display()))?,
             None => rudder_auth::audit::Policy::default_policy(),
         };
-        let log = rudder_auth::audit::AuditLog::open(path, args.audit_log_maxsize, args.audit_log_maxbackup)
-            .with_context(|| format!("opening the audit log {}", path.display()))?;
+        let log = rudder_auth::audit::AuditLog::open(
+            path,
+            args.audit_log_maxsize,
+            args.audit_log_maxbackup,
+        )
+        .with_context(|| format!("opening the audit log {}", path.display()))?;
         api_security.audit = Some(rudder_apiserver::AuditConfig { policy, log });
     } else if args.audit_policy_file.is_some() {
         anyhow::bail!("--audit-policy-file needs --audit-log-path");
@@ -155,9 +159,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let kubeconfig = args.data_dir.join("kubeconfig.yaml");
     let admin_kubeconfig = kubeconfig.clone();
     let admin = pki
-        .ensure_client(rudder_auth::pki::CLIENT_ADMIN, "system:admin", &["system:masters"])
+        .ensure_client(
+            rudder_auth::pki::CLIENT_ADMIN,
+            "system:admin",
+            &["system:masters"],
+        )
         .context("issuing the admin certificate")?;
-    crate::security::write_kubeconfig(&kubeconfig, &url, pki.server_ca_pem(), "system:admin", &admin)?;
+    crate::security::write_kubeconfig(
+        &kubeconfig,
+        &url,
+        pki.server_ca_pem(),
+        "system:admin",
+        &admin,
+    )?;
     tracing::info!(address = %local, kubeconfig = %kubeconfig.display(), join_token = %args.data_dir.join("node-token").display(), "API server ready");
 
     if !args.disable_scheduler {
@@ -191,7 +205,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let controllers = rudder_controllers::select(&[])?;
         let mut options = args.controller_flags.options();
         options.root_ca_pem = Some(pki.server_ca_pem().to_owned());
-        options.cluster_signing = Some(rudder_controllers::certificates::ClusterSigning(pki.clone()));
+        options.cluster_signing = Some(rudder_controllers::certificates::ClusterSigning(
+            pki.clone(),
+        ));
         tokio::spawn(async move {
             if let Err(err) =
                 rudder_controllers::run_with_leader_election(client, controllers, options).await
@@ -214,7 +230,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .context("issuing the node's client certificate")?;
         let agent_dir = args.data_dir.join("agent");
         let kubeconfig = crate::security::agent_kubeconfig_path(&agent_dir);
-        crate::security::write_kubeconfig(&kubeconfig, &url, pki.server_ca_pem(), &user, &node_credentials)?;
+        crate::security::write_kubeconfig(
+            &kubeconfig,
+            &url,
+            pki.server_ca_pem(),
+            &user,
+            &node_credentials,
+        )?;
         let mut node_ips: Vec<std::net::IpAddr> = vec![std::net::Ipv4Addr::LOCALHOST.into()];
         node_ips.extend(crate::security::default_route_address());
         if !local.ip().is_unspecified() {
@@ -232,11 +254,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             cluster_cidr: args.controller_flags.cluster_cidr().to_owned(),
             service_cidr: args.service_cidr.clone(),
         };
-        let mut config = crate::agent::config(
-            &args.data_dir.join("agent"),
-            &args.agent_flags,
-            &ranges,
-        )?;
+        let mut config =
+            crate::agent::config(&args.data_dir.join("agent"), &args.agent_flags, &ranges)?;
         config.server_security =
             rudder_agent::server::ServerSecurity::Tls(rudder_agent::server::ServingTls {
                 cert_pem: serving.cert_pem,
@@ -273,7 +292,11 @@ async fn label_control_plane(client: kube::Client, node: String) {
     let patch = serde_json::json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": "true"}}});
     loop {
         match nodes
-            .patch(&node, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+            .patch(
+                &node,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
             .await
         {
             Ok(_) => return,

@@ -43,11 +43,26 @@ fn wait_for_kubeconfig(data_dir: &Path) -> String {
 /// An HTTPS request with `curl`, as the admin (the client certificate the
 /// server wrote into its data dir) unless `anonymous`; returns the status
 /// code (0 when the server did not answer) and the body.
-fn curl(data_dir: &Path, addr: SocketAddr, method: &str, path: &str, body: Option<&str>, anonymous: bool) -> (u16, String) {
+fn curl(
+    data_dir: &Path,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    anonymous: bool,
+) -> (u16, String) {
     let tls = data_dir.join("tls");
     let mut command = Command::new("curl");
     command
-        .args(["-s", "--max-time", "20", "-X", method, "-w", "\n%{http_code}"])
+        .args([
+            "-s",
+            "--max-time",
+            "20",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ])
         .arg("--cacert")
         .arg(tls.join("server-ca.crt"));
     if !anonymous {
@@ -59,7 +74,12 @@ fn curl(data_dir: &Path, addr: SocketAddr, method: &str, path: &str, body: Optio
     }
     if body.is_some() {
         // The body goes through stdin: it may be larger than an argument.
-        command.args(["-H", "Content-Type: application/json", "--data-binary", "@-"]);
+        command.args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            "@-",
+        ]);
     }
     let mut child = command
         .arg(format!("https://{addr}{path}"))
@@ -94,7 +114,10 @@ fn server_serves_health_and_stops_cleanly_on_sigterm() {
         kubeconfig.contains(&format!("server: https://{addr}")),
         "{kubeconfig}"
     );
-    assert!(kubeconfig.contains("client-certificate-data: "), "{kubeconfig}");
+    assert!(
+        kubeconfig.contains("client-certificate-data: "),
+        "{kubeconfig}"
+    );
 
     // Health is open to anyone; everything else needs credentials.
     for path in ["/healthz", "/livez", "/readyz"] {
@@ -214,7 +237,8 @@ fn bad_input_is_refused_with_a_status_and_changes_nothing() {
     wait_for_kubeconfig(dir.path());
     let cms = "/api/v1/namespaces/default/configmaps";
     let data = dir.path();
-    let send = |method: &str, path: &str, body: &str| curl(data, addr, method, path, Some(body), false);
+    let send =
+        |method: &str, path: &str, body: &str| curl(data, addr, method, path, Some(body), false);
     let (code, body) = send(
         "POST",
         cms,

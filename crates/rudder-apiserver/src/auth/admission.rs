@@ -33,7 +33,8 @@ tokio::task_local! {
 
 /// Adds a warning to the current request's response.
 pub(crate) fn warn(message: String) {
-    let _ = REQUEST_WARNINGS.try_with(|w| w.lock().unwrap_or_else(|e| e.into_inner()).push(message));
+    let _ =
+        REQUEST_WARNINGS.try_with(|w| w.lock().unwrap_or_else(|e| e.into_inner()).push(message));
 }
 
 /// What is being done, in admission's words.
@@ -73,7 +74,10 @@ fn forbidden(request: &Request<'_>, reason: &str) -> ApiError {
     } else {
         format!("{}.{}", request.info.plural, request.info.group)
     };
-    ApiError::Forbidden(format!("{subject} \"{}\" is forbidden: {reason}", request.name))
+    ApiError::Forbidden(format!(
+        "{subject} \"{}\" is forbidden: {reason}",
+        request.name
+    ))
 }
 
 /// The Pod Security Standards as of the Kubernetes version this server
@@ -116,7 +120,11 @@ impl ApiServer {
             self.admit_service_account(request, obj).await?;
         }
         if request.operation == Operation::Create
-            && is(request.info, "certificates.k8s.io", "certificatesigningrequests")
+            && is(
+                request.info,
+                "certificates.k8s.io",
+                "certificatesigningrequests",
+            )
         {
             // Who asked is part of the request, and only the server says it.
             if !obj["spec"].is_object() {
@@ -195,7 +203,9 @@ impl ApiServer {
             .map_err(|reason| forbidden(request, &reason))?;
         }
         if let Some(obj) = obj {
-            if request.info.group == "rbac.authorization.k8s.io" && request.operation != Operation::Delete {
+            if request.info.group == "rbac.authorization.k8s.io"
+                && request.operation != Operation::Delete
+            {
                 self.prevent_escalation(&user, request, obj).await?;
             }
             if request.subresource.is_none() && request.operation != Operation::Delete {
@@ -226,9 +236,16 @@ impl ApiServer {
     /// The ServiceAccount plugin: pods run as `default` unless they name
     /// an account, the account must exist, and its token, the cluster CA
     /// and the namespace are mounted into every container.
-    async fn admit_service_account(&self, request: &Request<'_>, pod: &mut Value) -> Result<(), ApiError> {
+    async fn admit_service_account(
+        &self,
+        request: &Request<'_>,
+        pod: &mut Value,
+    ) -> Result<(), ApiError> {
         if pod
-            .pointer(&format!("/metadata/annotations/{}", MIRROR_ANNOTATION.replace('/', "~1")))
+            .pointer(&format!(
+                "/metadata/annotations/{}",
+                MIRROR_ANNOTATION.replace('/', "~1")
+            ))
             .is_some()
         {
             return Ok(());
@@ -241,7 +258,11 @@ impl ApiServer {
             .pointer("/spec/serviceAccountName")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
-            .or_else(|| pod.pointer("/spec/serviceAccount").and_then(Value::as_str).filter(|n| !n.is_empty()))
+            .or_else(|| {
+                pod.pointer("/spec/serviceAccount")
+                    .and_then(Value::as_str)
+                    .filter(|n| !n.is_empty())
+            })
             .unwrap_or("default")
             .to_owned();
         pod["spec"]["serviceAccountName"] = json!(account_name);
@@ -274,7 +295,8 @@ impl ApiServer {
             pod["spec"][list].as_array().is_some_and(|cs| {
                 cs.iter().any(|c| {
                     c["volumeMounts"].as_array().is_some_and(|ms| {
-                        ms.iter().any(|m| m["mountPath"].as_str() == Some(SERVICE_ACCOUNT_MOUNT))
+                        ms.iter()
+                            .any(|m| m["mountPath"].as_str() == Some(SERVICE_ACCOUNT_MOUNT))
                     })
                 })
             })
@@ -319,13 +341,20 @@ impl ApiServer {
     /// A Secret of type `kubernetes.io/service-account-token` gets a
     /// long-lived token for its account (the legacy token controller's
     /// work, done as the Secret is created).
-    async fn fill_legacy_token(&self, request: &Request<'_>, secret: &mut Value) -> Result<(), ApiError> {
+    async fn fill_legacy_token(
+        &self,
+        request: &Request<'_>,
+        secret: &mut Value,
+    ) -> Result<(), ApiError> {
         if secret.get("type").and_then(Value::as_str) != Some(LEGACY_TOKEN_TYPE) {
             return Ok(());
         }
         let namespace = request.namespace.unwrap_or("default");
         let account_name = secret
-            .pointer(&format!("/metadata/annotations/{}", SA_NAME_ANNOTATION.replace('/', "~1")))
+            .pointer(&format!(
+                "/metadata/annotations/{}",
+                SA_NAME_ANNOTATION.replace('/', "~1")
+            ))
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
@@ -350,7 +379,12 @@ impl ApiServer {
             return Ok(());
         };
         let account_uid = meta_str(&account, "uid").unwrap_or("").to_owned();
-        let claims = rudder_auth::token::Claims::legacy(namespace, &account_name, &account_uid, request.name);
+        let claims = rudder_auth::token::Claims::legacy(
+            namespace,
+            &account_name,
+            &account_uid,
+            request.name,
+        );
         let token = security
             .config
             .tokens
@@ -371,7 +405,12 @@ impl ApiServer {
     /// RBAC escalation prevention: a Role may hold only rules its author
     /// holds (or may `escalate`), a binding may grant only a role whose
     /// rules its author holds (or may `bind`).
-    async fn prevent_escalation(&self, user: &UserInfo, request: &Request<'_>, obj: &Value) -> Result<(), ApiError> {
+    async fn prevent_escalation(
+        &self,
+        user: &UserInfo,
+        request: &Request<'_>,
+        obj: &Value,
+    ) -> Result<(), ApiError> {
         if user.in_group(rudder_auth::user::MASTERS) {
             return Ok(());
         }
@@ -393,16 +432,28 @@ impl ApiServer {
         let (rules, exempt) = match request.info.plural.as_str() {
             "roles" | "clusterroles" => {
                 let rules: Vec<rudder_auth::rbac::PolicyRule> =
-                    serde_json::from_value(obj.get("rules").cloned().unwrap_or(json!([]))).unwrap_or_default();
+                    serde_json::from_value(obj.get("rules").cloned().unwrap_or(json!([])))
+                        .unwrap_or_default();
                 let exempt = self
-                    .authorize(&special("escalate", &request.info.plural, namespace, request.name))
+                    .authorize(&special(
+                        "escalate",
+                        &request.info.plural,
+                        namespace,
+                        request.name,
+                    ))
                     .await
                     .allowed();
                 (rules, exempt)
             }
             "rolebindings" | "clusterrolebindings" => {
-                let kind = obj.pointer("/roleRef/kind").and_then(Value::as_str).unwrap_or("");
-                let role_name = obj.pointer("/roleRef/name").and_then(Value::as_str).unwrap_or("");
+                let kind = obj
+                    .pointer("/roleRef/kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let role_name = obj
+                    .pointer("/roleRef/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 let (plural, role_ns) = if kind == "ClusterRole" {
                     ("clusterroles", "")
                 } else {
@@ -427,14 +478,18 @@ impl ApiServer {
             return Ok(());
         }
         let rbac = security.policy.rbac(self).await;
-        rbac.confirm_no_escalation(user, namespace, &rules).map_err(|message| {
-            let subject = if request.info.group.is_empty() {
-                request.info.plural.clone()
-            } else {
-                format!("{}.{}", request.info.plural, request.info.group)
-            };
-            ApiError::Forbidden(format!("{subject} \"{}\" is forbidden: {message}", request.name))
-        })
+        rbac.confirm_no_escalation(user, namespace, &rules)
+            .map_err(|message| {
+                let subject = if request.info.group.is_empty() {
+                    request.info.plural.clone()
+                } else {
+                    format!("{}.{}", request.info.plural, request.info.group)
+                };
+                ApiError::Forbidden(format!(
+                    "{subject} \"{}\" is forbidden: {message}",
+                    request.name
+                ))
+            })
     }
 
     /// PodSecurity on namespaces: its labels must name real levels and
@@ -447,7 +502,10 @@ impl ApiServer {
         old: Option<&Value>,
     ) -> Result<(), ApiError> {
         use rudder_auth::pod_security as pss;
-        let labels = namespace.pointer("/metadata/labels").cloned().unwrap_or(Value::Null);
+        let labels = namespace
+            .pointer("/metadata/labels")
+            .cloned()
+            .unwrap_or(Value::Null);
         let policy = match pss::NamespacePolicy::from_labels(&labels) {
             Ok(policy) => policy,
             Err(errors) => {
@@ -465,8 +523,12 @@ impl ApiServer {
         let Some(old) = old else {
             return Ok(());
         };
-        let old_labels = old.pointer("/metadata/labels").cloned().unwrap_or(Value::Null);
-        let (old_policy, _) = pss::NamespacePolicy::evaluate_labels(&old_labels, Default::default());
+        let old_labels = old
+            .pointer("/metadata/labels")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let (old_policy, _) =
+            pss::NamespacePolicy::evaluate_labels(&old_labels, Default::default());
         if !policy.enforce_tightened_from(&old_policy) {
             return Ok(());
         }
@@ -490,12 +552,18 @@ impl ApiServer {
     /// PodSecurity: the namespace's `enforce` level refuses pods that
     /// break it; `warn` answers with warnings. Workload templates are
     /// checked for warnings only, as Kubernetes does.
-    async fn admit_pod_security(&self, request: &Request<'_>, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+    async fn admit_pod_security(
+        &self,
+        request: &Request<'_>,
+        obj: &Value,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
         use rudder_auth::pod_security as pss;
         let Some(namespace) = request.namespace else {
             return Ok(());
         };
-        let Some((meta, spec)) = pss::pod_template(&request.info.group, &request.info.plural, obj) else {
+        let Some((meta, spec)) = pss::pod_template(&request.info.group, &request.info.plural, obj)
+        else {
             return Ok(());
         };
         let is_pod = is(request.info, "", "pods");
@@ -509,7 +577,10 @@ impl ApiServer {
         let Some(ns) = self.cached_object("", "namespaces", "", namespace).await else {
             return Ok(());
         };
-        let labels = ns.pointer("/metadata/labels").cloned().unwrap_or(Value::Null);
+        let labels = ns
+            .pointer("/metadata/labels")
+            .cloned()
+            .unwrap_or(Value::Null);
         // Unreadable labels fall back as kube-apiserver's do (enforce:
         // restricted; audit and warn: privileged).
         let (policy, _) = pss::NamespacePolicy::evaluate_labels(&labels, Default::default());

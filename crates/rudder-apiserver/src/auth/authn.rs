@@ -33,7 +33,11 @@ impl ApiServer {
     /// A ServiceAccount token this server signed, for one of `audiences`,
     /// whose ServiceAccount (and the Pod, Secret or Node it is bound to)
     /// still exists with the same uid.
-    pub(crate) async fn service_account_token(&self, token: &str, audiences: &[String]) -> Option<UserInfo> {
+    pub(crate) async fn service_account_token(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Option<UserInfo> {
         let security = self.security()?;
         if !rudder_auth::token::looks_like_jwt(token) {
             return None;
@@ -81,7 +85,11 @@ impl ApiServer {
 
     async fn bound_objects_alive(&self, bound: &KubernetesClaims) -> bool {
         if !self
-            .account_alive(&bound.namespace, &bound.serviceaccount.name, &bound.serviceaccount.uid)
+            .account_alive(
+                &bound.namespace,
+                &bound.serviceaccount.name,
+                &bound.serviceaccount.uid,
+            )
             .await
         {
             return false;
@@ -89,17 +97,23 @@ impl ApiServer {
         let same = |object: Option<std::sync::Arc<Value>>, uid: &str| {
             object.is_some_and(|o| {
                 meta_str(&o, "uid") == Some(uid)
-                    && o.pointer("/metadata/deletionTimestamp").is_none_or(Value::is_null)
+                    && o.pointer("/metadata/deletionTimestamp")
+                        .is_none_or(Value::is_null)
             })
         };
         if let Some(pod) = &bound.pod {
-            if !same(self.cached_object("", "pods", &bound.namespace, &pod.name).await, &pod.uid) {
+            if !same(
+                self.cached_object("", "pods", &bound.namespace, &pod.name)
+                    .await,
+                &pod.uid,
+            ) {
                 return false;
             }
         }
         if let Some(secret) = &bound.secret {
             if !same(
-                self.cached_object("", "secrets", &bound.namespace, &secret.name).await,
+                self.cached_object("", "secrets", &bound.namespace, &secret.name)
+                    .await,
                 &secret.uid,
             ) {
                 return false;
@@ -108,7 +122,10 @@ impl ApiServer {
         // A token bound to a pod names the pod's node too; only a token
         // bound to the node itself dies with it.
         if let (Some(node), None) = (&bound.node, &bound.pod) {
-            if !same(self.cached_object("", "nodes", "", &node.name).await, &node.uid) {
+            if !same(
+                self.cached_object("", "nodes", "", &node.name).await,
+                &node.uid,
+            ) {
                 return false;
             }
         }

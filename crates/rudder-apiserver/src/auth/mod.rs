@@ -96,10 +96,19 @@ pub(crate) fn current_user() -> Option<UserInfo> {
 /// a joining node compares with its token's hash before it trusts the
 /// server.
 fn public_path(path: &str) -> bool {
-    const PUBLIC: &[&str] = &["/healthz", "/livez", "/readyz", "/cacerts", "/client-ca.crt"];
-    PUBLIC
-        .iter()
-        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
+    const PUBLIC: &[&str] = &[
+        "/healthz",
+        "/livez",
+        "/readyz",
+        "/cacerts",
+        "/client-ca.crt",
+    ];
+    PUBLIC.iter().any(|p| {
+        path == *p
+            || path
+                .strip_prefix(p)
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
 }
 
 fn unauthorized() -> Response {
@@ -160,8 +169,7 @@ pub(crate) async fn guard(
         Ok(user) => user,
         Err(err) => return err.into_response(),
     };
-    let mut attributes =
-        request_info::attributes(request.method(), &path, request.uri().query());
+    let mut attributes = request_info::attributes(request.method(), &path, request.uri().query());
     attributes.user = user.clone();
     let mut audit = security.config.audit.as_ref().map(|audit| {
         let config = audit.policy.config_for(&attributes);
@@ -170,13 +178,12 @@ pub(crate) async fn guard(
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| path.clone());
-        let mut event = rudder_auth::audit::Event::new(config, &attributes, &uri)
-            .with_user_agent(
-                headers
-                    .get(axum::http::header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or(""),
-            );
+        let mut event = rudder_auth::audit::Event::new(config, &attributes, &uri).with_user_agent(
+            headers
+                .get(axum::http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        );
         if let Some(peer) = request
             .extensions()
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -189,7 +196,9 @@ pub(crate) async fn guard(
         (audit, event)
     });
     if let Some((log, event)) = &audit {
-        let _ = log.log.write(&event.at_stage(rudder_auth::audit::Stage::RequestReceived));
+        let _ = log
+            .log
+            .write(&event.at_stage(rudder_auth::audit::Stage::RequestReceived));
     }
     if !public_path(&path) {
         let decision = server.authorize(&attributes).await;
@@ -204,7 +213,9 @@ pub(crate) async fn guard(
                     403,
                     &refusal.status(),
                 ));
-                let _ = log.log.write(&event.at_stage(rudder_auth::audit::Stage::ResponseComplete));
+                let _ = log
+                    .log
+                    .write(&event.at_stage(rudder_auth::audit::Stage::ResponseComplete));
             }
             return refusal.into_response();
         }
@@ -217,8 +228,10 @@ pub(crate) async fn guard(
     // Request bodies are kept from level Request on (they are read whole
     // by the handlers anyway; streams and upgrades carry none).
     let request = if event.level >= rudder_auth::audit::Level::Request
-        && !matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD)
-    {
+        && !matches!(
+            *request.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD
+        ) {
         let (parts, body) = request.into_parts();
         let bytes = match crate::rest::read_body(body).await {
             Ok(bytes) => bytes,
@@ -237,7 +250,9 @@ pub(crate) async fn guard(
     let code = response.status().as_u16();
     let streaming = attributes.verb == "watch" || code == 101;
     let (parts, body) = response.into_parts();
-    let body = if !streaming && (code >= 400 || event.level >= rudder_auth::audit::Level::RequestResponse) {
+    let body = if !streaming
+        && (code >= 400 || event.level >= rudder_auth::audit::Level::RequestResponse)
+    {
         // Statuses and, at RequestResponse, whole answers are recorded.
         match axum::body::to_bytes(body, 64 << 20).await {
             Ok(bytes) => {
@@ -282,7 +297,10 @@ async fn with_warnings(handler: impl std::future::Future<Output = Response>) -> 
         })
         .await;
     for warning in warnings {
-        let text = format!("299 - {}", serde_json::to_string(&warning).unwrap_or_default());
+        let text = format!(
+            "299 - {}",
+            serde_json::to_string(&warning).unwrap_or_default()
+        );
         if let Ok(value) = axum::http::HeaderValue::from_str(&text) {
             response
                 .headers_mut()
@@ -330,7 +348,11 @@ impl ApiServer {
 
     /// Applies `Impersonate-*` headers when the authenticated user may act
     /// as the named user, groups, uid and extras.
-    async fn impersonate(&self, user: &UserInfo, headers: &HeaderMap) -> Result<UserInfo, ApiError> {
+    async fn impersonate(
+        &self,
+        user: &UserInfo,
+        headers: &HeaderMap,
+    ) -> Result<UserInfo, ApiError> {
         let values = |name: &str| -> Vec<String> {
             headers
                 .get_all(name)
@@ -429,7 +451,10 @@ impl ApiServer {
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
@@ -452,7 +477,13 @@ mod tests {
         for path in ["/healthz", "/readyz", "/livez", "/readyz/ping", "/cacerts"] {
             assert!(public_path(path), "{path}");
         }
-        for path in ["/version", "/api", "/healthzx", "/api/v1/namespaces", "/openapi/v2"] {
+        for path in [
+            "/version",
+            "/api",
+            "/healthzx",
+            "/api/v1/namespaces",
+            "/openapi/v2",
+        ] {
             assert!(!public_path(path), "{path}");
         }
     }

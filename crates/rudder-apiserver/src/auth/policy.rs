@@ -128,7 +128,11 @@ impl ApiServer {
             && attributes.api_group.is_empty()
             && matches!(
                 attributes.resource.as_str(),
-                "secrets" | "configmaps" | "persistentvolumeclaims" | "persistentvolumes" | "serviceaccounts"
+                "secrets"
+                    | "configmaps"
+                    | "persistentvolumeclaims"
+                    | "persistentvolumes"
+                    | "serviceaccounts"
             );
         let pods = if needs_graph {
             let (pods, _) = self
@@ -137,7 +141,9 @@ impl ApiServer {
                 .snapshot("/pods/")
                 .await;
             pods.into_iter()
-                .filter(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node.as_str()))
+                .filter(|p| {
+                    p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node.as_str())
+                })
                 .collect()
         } else {
             Vec::new()

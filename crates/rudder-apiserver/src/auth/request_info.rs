@@ -17,7 +17,9 @@ pub(crate) fn attributes(method: &Method, path: &str, query: Option<&str>) -> At
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, mut rest) = match segments.as_slice() {
         ["api", version, rest @ ..] if !rest.is_empty() => ("", *version, rest.to_vec()),
-        ["apis", group, version, rest @ ..] if !rest.is_empty() => (*group, *version, rest.to_vec()),
+        ["apis", group, version, rest @ ..] if !rest.is_empty() => {
+            (*group, *version, rest.to_vec())
+        }
         _ => return attrs,
     };
     let query_pairs: Vec<(String, String)> = query
@@ -62,8 +64,7 @@ pub(crate) fn attributes(method: &Method, path: &str, query: Option<&str>) -> At
     let named = !attrs.name.is_empty();
     attrs.verb = match *method {
         Method::GET | Method::HEAD => {
-            let watch = watch_prefix
-                || query_get("watch").is_some_and(|v| v == "true" || v == "1");
+            let watch = watch_prefix || query_get("watch").is_some_and(|v| v == "true" || v == "1");
             if watch {
                 "watch"
             } else if named {
@@ -100,7 +101,11 @@ pub(crate) fn attributes(method: &Method, path: &str, query: Option<&str>) -> At
 mod tests {
     use super::*;
 
-    fn attrs(method: Method, path: &str, query: Option<&str>) -> (String, String, String, String, String, String) {
+    fn attrs(
+        method: Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> (String, String, String, String, String, String) {
         let a = attributes(&method, path, query);
         (
             a.verb,
@@ -114,20 +119,90 @@ mod tests {
 
     #[test]
     fn requests_map_to_kubernetes_attributes() {
-        let cases: &[(Method, &str, Option<&str>, (&str, &str, &str, &str, &str, &str))] = &[
-            (Method::GET, "/api/v1/namespaces/sec/pods", None, ("list", "", "sec", "pods", "", "")),
-            (Method::GET, "/api/v1/namespaces/sec/pods", Some("watch=true"), ("watch", "", "sec", "pods", "", "")),
-            (Method::GET, "/api/v1/watch/namespaces/sec/pods", None, ("watch", "", "sec", "pods", "", "")),
-            (Method::GET, "/api/v1/namespaces/sec/pods/web", None, ("get", "", "sec", "pods", "web", "")),
-            (Method::POST, "/api/v1/namespaces/sec/pods/web/exec", None, ("create", "", "sec", "pods", "web", "exec")),
-            (Method::PUT, "/apis/apps/v1/namespaces/a/deployments/d/scale", None, ("update", "apps", "a", "deployments", "d", "scale")),
-            (Method::PATCH, "/api/v1/nodes/n1/status", None, ("patch", "", "", "nodes", "n1", "status")),
-            (Method::DELETE, "/api/v1/namespaces/sec/configmaps", None, ("deletecollection", "", "sec", "configmaps", "", "")),
-            (Method::DELETE, "/api/v1/namespaces/sec", None, ("delete", "", "sec", "namespaces", "sec", "")),
-            (Method::PUT, "/api/v1/namespaces/sec/finalize", None, ("update", "", "sec", "namespaces", "sec", "finalize")),
-            (Method::GET, "/api/v1/namespaces", None, ("list", "", "", "namespaces", "", "")),
-            (Method::GET, "/api/v1/pods", None, ("list", "", "", "pods", "", "")),
-            (Method::GET, "/api/v1/namespaces/sec/secrets", Some("fieldSelector=metadata.name%3Dtls"), ("list", "", "sec", "secrets", "tls", "")),
+        let cases: &[(
+            Method,
+            &str,
+            Option<&str>,
+            (&str, &str, &str, &str, &str, &str),
+        )] = &[
+            (
+                Method::GET,
+                "/api/v1/namespaces/sec/pods",
+                None,
+                ("list", "", "sec", "pods", "", ""),
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/sec/pods",
+                Some("watch=true"),
+                ("watch", "", "sec", "pods", "", ""),
+            ),
+            (
+                Method::GET,
+                "/api/v1/watch/namespaces/sec/pods",
+                None,
+                ("watch", "", "sec", "pods", "", ""),
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/sec/pods/web",
+                None,
+                ("get", "", "sec", "pods", "web", ""),
+            ),
+            (
+                Method::POST,
+                "/api/v1/namespaces/sec/pods/web/exec",
+                None,
+                ("create", "", "sec", "pods", "web", "exec"),
+            ),
+            (
+                Method::PUT,
+                "/apis/apps/v1/namespaces/a/deployments/d/scale",
+                None,
+                ("update", "apps", "a", "deployments", "d", "scale"),
+            ),
+            (
+                Method::PATCH,
+                "/api/v1/nodes/n1/status",
+                None,
+                ("patch", "", "", "nodes", "n1", "status"),
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/sec/configmaps",
+                None,
+                ("deletecollection", "", "sec", "configmaps", "", ""),
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/sec",
+                None,
+                ("delete", "", "sec", "namespaces", "sec", ""),
+            ),
+            (
+                Method::PUT,
+                "/api/v1/namespaces/sec/finalize",
+                None,
+                ("update", "", "sec", "namespaces", "sec", "finalize"),
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces",
+                None,
+                ("list", "", "", "namespaces", "", ""),
+            ),
+            (
+                Method::GET,
+                "/api/v1/pods",
+                None,
+                ("list", "", "", "pods", "", ""),
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/sec/secrets",
+                Some("fieldSelector=metadata.name%3Dtls"),
+                ("list", "", "sec", "secrets", "tls", ""),
+            ),
         ];
         for (method, path, query, want) in cases {
             let got = attrs(method.clone(), path, *query);
@@ -145,7 +220,15 @@ mod tests {
 
     #[test]
     fn other_paths_are_non_resource_requests() {
-        for path in ["/api", "/apis", "/apis/apps/v1", "/api/v1", "/healthz", "/openapi/v3", "/version"] {
+        for path in [
+            "/api",
+            "/apis",
+            "/apis/apps/v1",
+            "/api/v1",
+            "/healthz",
+            "/openapi/v3",
+            "/version",
+        ] {
             let a = attributes(&Method::GET, path, None);
             assert!(!a.resource_request, "{path}");
             assert_eq!(a.verb, "get");

@@ -42,11 +42,15 @@ pub(crate) async fn serve_review(
         }
         ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"] => {
             only_post(method)?;
-            server.access_review("SubjectAccessReview", None, body).await
+            server
+                .access_review("SubjectAccessReview", None, body)
+                .await
         }
         ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"] => {
             only_post(method)?;
-            server.access_review("SelfSubjectAccessReview", None, body).await
+            server
+                .access_review("SelfSubjectAccessReview", None, body)
+                .await
         }
         ["apis", "authorization.k8s.io", "v1", "namespaces", ns, "localsubjectaccessreviews"] => {
             only_post(method)?;
@@ -72,10 +76,24 @@ pub(crate) fn is_review(path: &str) -> bool {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     matches!(
         segments.as_slice(),
-        ["apis", "authentication.k8s.io", _, "tokenreviews" | "selfsubjectreviews"]
-            | ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews" | "selfsubjectaccessreviews" | "selfsubjectrulesreviews"]
-            | ["apis", "authorization.k8s.io", "v1", "namespaces", _, "localsubjectaccessreviews"]
-            | ["api", "v1", "namespaces", _, "serviceaccounts", _, "token"]
+        [
+            "apis",
+            "authentication.k8s.io",
+            _,
+            "tokenreviews" | "selfsubjectreviews"
+        ] | [
+            "apis",
+            "authorization.k8s.io",
+            "v1",
+            "subjectaccessreviews" | "selfsubjectaccessreviews" | "selfsubjectrulesreviews"
+        ] | [
+            "apis",
+            "authorization.k8s.io",
+            "v1",
+            "namespaces",
+            _,
+            "localsubjectaccessreviews"
+        ] | ["api", "v1", "namespaces", _, "serviceaccounts", _, "token"]
     )
 }
 
@@ -87,7 +105,9 @@ fn parse(body: &[u8]) -> Result<Value, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("the request body could not be decoded: {e}")))?;
     if !value.is_object() {
-        return Err(ApiError::BadRequest("the request body must be an object".into()));
+        return Err(ApiError::BadRequest(
+            "the request body must be an object".into(),
+        ));
     }
     Ok(value)
 }
@@ -147,7 +167,12 @@ impl ApiServer {
         let wanted: Vec<String> = review
             .pointer("/spec/audiences")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .filter(|a: &Vec<String>| !a.is_empty())
             .unwrap_or_else(|| api_audiences.clone());
         let user = self.authenticate_token_for(&token, &wanted).await;
@@ -158,7 +183,9 @@ impl ApiServer {
         }
         review["metadata"]["creationTimestamp"] = Value::Null;
         review["status"] = match user {
-            Some(user) => json!({"authenticated": true, "user": user_json(&user), "audiences": wanted}),
+            Some(user) => {
+                json!({"authenticated": true, "user": user_json(&user), "audiences": wanted})
+            }
             None => json!({"user": {}, "error": "[invalid bearer token, token lookup failed]"}),
         };
         created(review)
@@ -180,10 +207,19 @@ impl ApiServer {
             let strings = |field: &str| -> Vec<String> {
                 spec.get(field)
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
                     .unwrap_or_default()
             };
-            let username = spec.get("user").and_then(Value::as_str).unwrap_or("").to_owned();
+            let username = spec
+                .get("user")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
             let groups = strings("groups");
             if username.is_empty() && groups.is_empty() {
                 return Err(ApiError::invalid_simple(
@@ -199,7 +235,11 @@ impl ApiServer {
                 .unwrap_or_default();
             UserInfo {
                 username,
-                uid: spec.get("uid").and_then(Value::as_str).unwrap_or("").to_owned(),
+                uid: spec
+                    .get("uid")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
                 groups,
                 extra,
             }
@@ -209,7 +249,13 @@ impl ApiServer {
             ..Default::default()
         };
         if let Some(resource) = spec.get("resourceAttributes") {
-            let field = |name: &str| resource.get(name).and_then(Value::as_str).unwrap_or("").to_owned();
+            let field = |name: &str| {
+                resource
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned()
+            };
             attributes.resource_request = true;
             attributes.namespace = field("namespace");
             attributes.verb = field("verb");
@@ -226,8 +272,16 @@ impl ApiServer {
                 }
             }
         } else if let Some(other) = spec.get("nonResourceAttributes") {
-            attributes.path = other.get("path").and_then(Value::as_str).unwrap_or("").to_owned();
-            attributes.verb = other.get("verb").and_then(Value::as_str).unwrap_or("").to_owned();
+            attributes.path = other
+                .get("path")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            attributes.verb = other
+                .get("verb")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
         } else {
             return Err(ApiError::invalid_simple(
                 kind,
@@ -279,7 +333,8 @@ impl ApiServer {
                 }
                 resource_rules.push(r);
             } else {
-                non_resource_rules.push(json!({"verbs": rule.verbs, "nonResourceURLs": rule.non_resource_urls}));
+                non_resource_rules
+                    .push(json!({"verbs": rule.verbs, "nonResourceURLs": rule.non_resource_urls}));
             }
         }
         review["apiVersion"] = json!("authorization.k8s.io/v1");
@@ -301,7 +356,12 @@ impl ApiServer {
 
     /// TokenRequest: a signed token for a ServiceAccount, optionally bound
     /// to a Pod, Secret or Node (it stops working when that object goes).
-    async fn token_request(&self, namespace: &str, name: &str, body: &[u8]) -> Result<Response, ApiError> {
+    async fn token_request(
+        &self,
+        namespace: &str,
+        name: &str,
+        body: &[u8],
+    ) -> Result<Response, ApiError> {
         let mut request = parse(body)?;
         let Some(security) = self.security() else {
             return Err(ApiError::Internal("no security on this server".into()));
@@ -322,13 +382,20 @@ impl ApiServer {
                 "TokenRequest",
                 name,
                 "spec.expirationSeconds",
-                &format!("Invalid value: {seconds}: may not specify a duration less than 10 minutes"),
+                &format!(
+                    "Invalid value: {seconds}: may not specify a duration less than 10 minutes"
+                ),
             ));
         }
         let audiences: Vec<String> = spec
             .get("audiences")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .filter(|a: &Vec<String>| !a.is_empty())
             .unwrap_or_else(|| security.config.api_audiences.clone());
         if let Some(user) = super::current_user().filter(|u| u.node_name().is_some()) {
@@ -336,7 +403,10 @@ impl ApiServer {
             // of its own.
             let bound_pod = match spec.pointer("/boundObjectRef/kind").and_then(Value::as_str) {
                 Some("Pod") => {
-                    let pod_name = spec.pointer("/boundObjectRef/name").and_then(Value::as_str).unwrap_or("");
+                    let pod_name = spec
+                        .pointer("/boundObjectRef/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
                     self.cached_object("", "pods", namespace, pod_name).await
                 }
                 _ => None,
@@ -352,7 +422,9 @@ impl ApiServer {
                 bound_pod.as_deref(),
                 Some(&request),
             )
-            .map_err(|reason| ApiError::Forbidden(format!("serviceaccounts \"{name}\" is forbidden: {reason}")))?;
+            .map_err(|reason| {
+                ApiError::Forbidden(format!("serviceaccounts \"{name}\" is forbidden: {reason}"))
+            })?;
         }
         let now = SystemTime::now();
         let mut claims = Claims::bound(
@@ -364,8 +436,16 @@ impl ApiServer {
         );
         if let Some(bound) = spec.get("boundObjectRef").filter(|b| b.is_object()) {
             let kind = bound.get("kind").and_then(Value::as_str).unwrap_or("");
-            let bound_name = bound.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
-            let bound_uid = bound.get("uid").and_then(Value::as_str).unwrap_or("").to_owned();
+            let bound_name = bound
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let bound_uid = bound
+                .get("uid")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
             let plural = match kind {
                 "Pod" => "pods",
                 "Secret" => "secrets",
@@ -389,7 +469,10 @@ impl ApiServer {
                     format!("the UID in the bound object reference ({bound_uid}) does not match the UID in record. The object might have been deleted and then recreated"),
                 ));
             }
-            let binding = claims.kubernetes.as_mut().expect("bound claims carry kubernetes.io");
+            let binding = claims
+                .kubernetes
+                .as_mut()
+                .expect("bound claims carry kubernetes.io");
             match plural {
                 "pods" => {
                     binding.pod = Some(ObjectRef::new(bound_name, uid));
@@ -415,7 +498,8 @@ impl ApiServer {
         let expiration = rudder_apimachinery::time::format_rfc3339(expires);
         request["apiVersion"] = json!("authentication.k8s.io/v1");
         request["kind"] = json!("TokenRequest");
-        request["metadata"] = json!({"name": name, "namespace": namespace, "creationTimestamp": null});
+        request["metadata"] =
+            json!({"name": name, "namespace": namespace, "creationTimestamp": null});
         request["spec"]["audiences"] = json!(audiences);
         request["spec"]["expirationSeconds"] = json!(seconds);
         request["status"] = json!({"token": token, "expirationTimestamp": expiration});
@@ -423,7 +507,11 @@ impl ApiServer {
     }
 
     /// A token that verifies, for one of `audiences` (a TokenReview).
-    pub(crate) async fn authenticate_token_for(&self, token: &str, audiences: &[String]) -> Option<UserInfo> {
+    pub(crate) async fn authenticate_token_for(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Option<UserInfo> {
         let security = self.security()?;
         if audiences == security.config.api_audiences.as_slice() {
             return self.authenticate_token(token).await;

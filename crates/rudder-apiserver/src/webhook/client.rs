@@ -134,21 +134,35 @@ impl rustls::client::danger::ServerCertVerifier for BundleVerifier {
             ocsp_response,
             now,
         );
-        if chained.is_ok() || !self.anchors.iter().any(|a| a.as_ref() == end_entity.as_ref()) {
+        if chained.is_ok()
+            || !self
+                .anchors
+                .iter()
+                .any(|a| a.as_ref() == end_entity.as_ref())
+        {
             return chained;
         }
-        let cert = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(e)))))?;
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|e| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(e),
+            )))
+        })?;
         cert.verify_is_valid_for_subject_name(server_name)
-            .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))?;
+            .map_err(|_| {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+            })?;
         let parsed = x509_validity(end_entity.as_ref());
         if let Some((not_before, not_after)) = parsed {
             let now = now.as_secs();
             if now < not_before {
-                return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYet));
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidYet,
+                ));
             }
             if now > not_after {
-                return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired));
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Expired,
+                ));
             }
         }
         Ok(rustls::client::danger::ServerCertVerified::assertion())

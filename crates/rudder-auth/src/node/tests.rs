@@ -669,19 +669,40 @@ fn a_node_publishes_only_its_own_kube_dns_slice() {
     for verb in ["get", "patch", "update", "delete"] {
         assert!(
             authorizer
-                .authorize(&request(&n1, verb, group, slices, "kube-system", "kube-dns-n1"))
+                .authorize(&request(
+                    &n1,
+                    verb,
+                    group,
+                    slices,
+                    "kube-system",
+                    "kube-dns-n1"
+                ))
                 .allowed(),
             "{verb} its own"
         );
         assert!(
             !authorizer
-                .authorize(&request(&n1, verb, group, slices, "kube-system", "kube-dns-n2"))
+                .authorize(&request(
+                    &n1,
+                    verb,
+                    group,
+                    slices,
+                    "kube-system",
+                    "kube-dns-n2"
+                ))
                 .allowed(),
             "{verb} another node's"
         );
     }
     assert!(!authorizer
-        .authorize(&request(&n1, "patch", group, slices, "default", "kube-dns-n1"))
+        .authorize(&request(
+            &n1,
+            "patch",
+            group,
+            slices,
+            "default",
+            "kube-dns-n1"
+        ))
         .allowed());
     assert!(authorizer
         .authorize(&request(&n1, "list", group, slices, "", ""))
