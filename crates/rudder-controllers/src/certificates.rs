@@ -90,7 +90,7 @@ pub fn recognize(
     let node_subject = info.common_name.starts_with(NODE_PREFIX)
         && info.common_name.len() > NODE_PREFIX.len()
         && info.organizations == [NODES_GROUP];
-    if !node_subject {
+    if !node_subject || !info.email_addresses.is_empty() || !info.uris.is_empty() {
         return None;
     }
     match signer {
@@ -346,6 +346,7 @@ mod tests {
             ip_addresses: (0..ips)
                 .map(|i| std::net::IpAddr::from([10, 0, 0, i as u8 + 1]))
                 .collect(),
+            ..Default::default()
         }
     }
 

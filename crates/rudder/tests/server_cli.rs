@@ -104,6 +104,14 @@ fn get(data_dir: &Path, addr: SocketAddr, path: &str) -> (u16, String) {
     curl(data_dir, addr, "GET", path, None, false)
 }
 
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap()
+}
+
 #[test]
 fn server_serves_health_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();

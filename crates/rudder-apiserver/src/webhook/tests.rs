@@ -758,6 +758,75 @@ async fn an_untrusted_certificate_fails_the_call() {
     assert!(server.calls.lock().unwrap().is_empty());
 }
 
+/// What `openssl req -x509` makes: one self-signed certificate marked as
+/// a CA, used as the webhook's serving certificate and as its own
+/// caBundle. Go's crypto/x509 (kube-apiserver) trusts it; so must we.
+fn self_signed_ca_as_leaf(names: Vec<String>) -> Pki {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    Pki {
+        ca_pem: cert.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+#[tokio::test]
+async fn a_self_signed_certificate_is_its_own_ca_bundle() {
+    let pki = self_signed_ca_as_leaf(vec!["127.0.0.1".into()]);
+    let server = webhook_server(&pki, deny_by_label()).await;
+    let api = api_with(&[
+        namespace("on", json!({})),
+        configuration(
+            config::VALIDATING,
+            "self-signed",
+            vec![pod_hook(
+                "self.example.com",
+                json!({"url": format!("https://127.0.0.1:{}/", server.port), "caBundle": b64(&pki.ca_pem)}),
+                json!({}),
+            )],
+        ),
+    ])
+    .await;
+    let cms = info("", "v1", "configmaps");
+    let user = UserInfo::default();
+    let req = request("CREATE", &cms, None, Some("on"), &user);
+    let err = api
+        .server
+        .call_validating_webhooks(&req, Some(&configmap(json!({"deny": "true"}))))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("denied the request"), "{err}");
+    assert_eq!(server.calls.lock().unwrap().len(), 1);
+
+    // The same kind of certificate for another name is still refused.
+    let wrong = self_signed_ca_as_leaf(vec!["elsewhere.example.com".into()]);
+    let server = webhook_server(&wrong, deny_by_label()).await;
+    let api = api_with(&[
+        namespace("on", json!({})),
+        configuration(
+            config::VALIDATING,
+            "self-signed",
+            vec![pod_hook(
+                "self.example.com",
+                json!({"url": format!("https://127.0.0.1:{}/", server.port), "caBundle": b64(&wrong.ca_pem)}),
+                json!({}),
+            )],
+        ),
+    ])
+    .await;
+    let err = api
+        .server
+        .call_validating_webhooks(&req, Some(&configmap(json!({}))))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tls: failed to verify certificate"), "{err}");
+}
+
 /// Adds the label `NAME: "yes"` when absent, and counts its calls.
 fn add_label(label: &'static str, calls: Arc<AtomicUsize>) -> Handler {
     Arc::new(move |review: &Value| {
