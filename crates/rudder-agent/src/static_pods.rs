@@ -187,6 +187,8 @@ pub fn mirror_pod(pod: &Pod, node_name: &str, node_uid: &str) -> Pod {
             kind: "Node".into(),
             name: node_name.to_string(),
             uid: node_uid.to_string(),
+            // NodeRestriction admits only mirror pods the node controls.
+            controller: Some(true),
             ..Default::default()
         },
     ]);
@@ -271,6 +273,7 @@ spec:
             (owner.kind.as_str(), owner.uid.as_str()),
             ("Node", "node-uid")
         );
+        assert_eq!(owner.controller, Some(true), "NodeRestriction requires it");
     }
 
     #[test]

@@ -22,12 +22,13 @@ pub fn default_pod_spec(spec: &mut Value) {
     set_default(spec, "securityContext", json!({}));
     set_default(spec, "enableServiceLinks", json!(true));
     set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+    // The deprecated field names the account when the new one is unset;
+    // `default` is the ServiceAccount admission plugin's to fill in (not
+    // for static and mirror pods, which have no account).
     if spec.get("serviceAccountName").is_none_or(Value::is_null) {
-        let account = spec
-            .get("serviceAccount")
-            .cloned()
-            .unwrap_or(json!("default"));
-        spec["serviceAccountName"] = account;
+        if let Some(account) = spec.get("serviceAccount").filter(|a| a.is_string()).cloned() {
+            spec["serviceAccountName"] = account;
+        }
     }
     for list in ["initContainers", "containers"] {
         if let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) {
@@ -139,7 +140,10 @@ mod tests {
         ]});
         default_pod_spec(&mut spec);
         assert_eq!(spec["restartPolicy"], "Always");
-        assert_eq!(spec["serviceAccountName"], "default");
+        assert!(spec.get("serviceAccountName").is_none(), "admission's to set");
+        let mut legacy = json!({"serviceAccount": "builder", "containers": []});
+        default_pod_spec(&mut legacy);
+        assert_eq!(legacy["serviceAccountName"], "builder");
         assert_eq!(spec["containers"][0]["imagePullPolicy"], "Always");
         assert_eq!(spec["containers"][1]["imagePullPolicy"], "IfNotPresent");
         assert_eq!(spec["containers"][1]["ports"][0]["protocol"], "TCP");

@@ -424,7 +424,8 @@ mod tests {
         assert_eq!(pod["status"]["qosClass"], "Burstable");
         assert_eq!(pod["spec"]["restartPolicy"], "Always");
         assert_eq!(pod["spec"]["schedulerName"], "default-scheduler");
-        assert_eq!(pod["spec"]["serviceAccountName"], "default");
+        // `default` is the ServiceAccount admission plugin's, not a default.
+        assert!(pod["spec"].get("serviceAccountName").is_none());
         assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
         assert_eq!(
             pod["spec"]["containers"][1]["imagePullPolicy"],

@@ -107,16 +107,37 @@ impl ApiServer {
             }
             obj["metadata"]["labels"][NAMESPACE_NAME_LABEL] = json!(request.name);
         }
+        let is_new_pod = request.operation == Operation::Create
+            && is(request.info, "", "pods")
+            && request.subresource.is_none();
+        let is_mirror = obj
+            .pointer(&format!("/metadata/annotations/{}", MIRROR_ANNOTATION.replace('/', "~1")))
+            .is_some();
+        if is_new_pod && !is_mirror && obj["spec"].is_object() {
+            // Pods run as `default` unless they name an account (mirror
+            // pods have none): part of the ServiceAccount plugin that
+            // holds on every server.
+            let named = obj
+                .pointer("/spec/serviceAccountName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+            if !named {
+                let account = obj
+                    .pointer("/spec/serviceAccount")
+                    .and_then(Value::as_str)
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or("default")
+                    .to_owned();
+                obj["spec"]["serviceAccountName"] = json!(account);
+            }
+        }
         let Some(user) = super::current_user() else {
             return Ok(());
         };
         if self.security().is_none() {
             return Ok(());
         }
-        if request.operation == Operation::Create
-            && is(request.info, "", "pods")
-            && request.subresource.is_none()
-        {
+        if is_new_pod && !is_mirror {
             self.admit_service_account(request, obj).await?;
         }
         if request.operation == Operation::Create
