@@ -26,7 +26,11 @@ pub fn default_pod_spec(spec: &mut Value) {
     // `default` is the ServiceAccount admission plugin's to fill in (not
     // for static and mirror pods, which have no account).
     if spec.get("serviceAccountName").is_none_or(Value::is_null) {
-        if let Some(account) = spec.get("serviceAccount").filter(|a| a.is_string()).cloned() {
+        if let Some(account) = spec
+            .get("serviceAccount")
+            .filter(|a| a.is_string())
+            .cloned()
+        {
             spec["serviceAccountName"] = account;
         }
     }
@@ -140,7 +144,10 @@ mod tests {
         ]});
         default_pod_spec(&mut spec);
         assert_eq!(spec["restartPolicy"], "Always");
-        assert!(spec.get("serviceAccountName").is_none(), "admission's to set");
+        assert!(
+            spec.get("serviceAccountName").is_none(),
+            "admission's to set"
+        );
         let mut legacy = json!({"serviceAccount": "builder", "containers": []});
         default_pod_spec(&mut legacy);
         assert_eq!(legacy["serviceAccountName"], "builder");

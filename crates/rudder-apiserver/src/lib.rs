@@ -257,9 +257,9 @@ async fn dispatch(State(server): State<ApiServer>, request: Request<Body>) -> Re
             if let Some(answer) = auth::serve_review(&server, &parts.method, &path, &body).await {
                 return answer;
             }
-            return Err(ApiError::MethodNotAllowed(format!(
-                "the server does not allow this method on the requested resource"
-            )));
+            return Err(ApiError::MethodNotAllowed(
+                "the server does not allow this method on the requested resource".to_string(),
+            ));
         }
         let Some(target) = request::parse_resource_path(server.registry(), &path)? else {
             return Err(ApiError::NotFoundPath);

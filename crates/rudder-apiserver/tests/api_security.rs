@@ -45,8 +45,8 @@ impl Cluster {
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = ApiServer::new(Arc::new(store), addr.to_string()).with_security(
-            SecurityConfig {
+        let server =
+            ApiServer::new(Arc::new(store), addr.to_string()).with_security(SecurityConfig {
                 tls: pki::server_config(&serving, pki.client_ca_pem()).unwrap(),
                 server_ca_pem: pki.server_ca_pem().to_owned(),
                 client_ca_pem: pki.client_ca_pem().to_owned(),
@@ -55,8 +55,7 @@ impl Cluster {
                 kubelet_client: None,
                 api_audiences: vec![ISSUER.into()],
                 audit: None,
-            },
-        );
+            });
         server.bootstrap().await.unwrap();
         tokio::spawn(server.serve(listener, std::future::pending()));
         let url = format!("https://127.0.0.1:{}", addr.port());
@@ -97,10 +96,16 @@ impl Cluster {
         post(&self.admin, path, body).await.unwrap()
     }
 
-    async fn token(&self, namespace: &str, account: &str, bound_pod: Option<(&str, &str)>) -> String {
+    async fn token(
+        &self,
+        namespace: &str,
+        account: &str,
+        bound_pod: Option<(&str, &str)>,
+    ) -> String {
         let mut spec = json!({"expirationSeconds": 3600});
         if let Some((name, uid)) = bound_pod {
-            spec["boundObjectRef"] = json!({"kind": "Pod", "apiVersion": "v1", "name": name, "uid": uid});
+            spec["boundObjectRef"] =
+                json!({"kind": "Pod", "apiVersion": "v1", "name": name, "uid": uid});
         }
         let answer = self
             .apply(
@@ -114,11 +119,10 @@ impl Cluster {
 
 fn der(pem: &str) -> Vec<u8> {
     use base64::Engine as _;
-    let body: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
-    base64::engine::general_purpose::STANDARD.decode(body).unwrap()
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
 }
 
 fn client_with_cert(url: &str, pki: &ClusterPki, cert: &CertAndKey) -> Client {
@@ -172,21 +176,37 @@ async fn callers_are_authenticated_and_authorized() {
     assert_eq!((code, message.as_str()), (401, "Unauthorized"));
     // A bad bearer token: 401 too.
     let forged: Api<ConfigMap> = Api::namespaced(cluster.with_token("a.b.c"), "default");
-    assert_eq!(status(forged.list(&ListParams::default()).await.unwrap_err()).0, 401);
+    assert_eq!(
+        status(forged.list(&ListParams::default()).await.unwrap_err()).0,
+        401
+    );
 
     // The admin (system:masters) may do anything.
     cluster
-        .apply("/api/v1/namespaces", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "sec"}}))
+        .apply(
+            "/api/v1/namespaces",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "sec"}}),
+        )
         .await;
     cluster
-        .apply("/api/v1/namespaces/sec/serviceaccounts", json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader"}}))
+        .apply(
+            "/api/v1/namespaces/sec/serviceaccounts",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader"}}),
+        )
         .await;
     let token = cluster.token("sec", "reader", None).await;
     let reader = cluster.with_token(&token);
-    let review = post(&reader, "/apis/authentication.k8s.io/v1/selfsubjectreviews", json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}))
-        .await
-        .unwrap();
-    assert_eq!(review["status"]["userInfo"]["username"], "system:serviceaccount:sec:reader");
+    let review = post(
+        &reader,
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        review["status"]["userInfo"]["username"],
+        "system:serviceaccount:sec:reader"
+    );
     assert!(review["status"]["userInfo"]["groups"]
         .as_array()
         .unwrap()
@@ -216,7 +236,10 @@ async fn callers_are_authenticated_and_authorized() {
     })
     .await;
     let elsewhere: Api<Pod> = Api::namespaced(reader.clone(), "default");
-    assert_eq!(status(elsewhere.list(&ListParams::default()).await.unwrap_err()).0, 403);
+    assert_eq!(
+        status(elsewhere.list(&ListParams::default()).await.unwrap_err()).0,
+        403
+    );
 
     // Impersonation, as `kubectl auth can-i --as` uses it.
     let can = |verb: &str, resource: &str| {
@@ -246,21 +269,30 @@ async fn callers_are_authenticated_and_authorized() {
     request.headers_mut();
     let (code, message) = status(reader.request::<Value>(request).await.unwrap_err());
     assert_eq!(code, 403, "{message}");
-    assert!(message.contains("cannot impersonate resource \"users\""), "{message}");
+    assert!(
+        message.contains("cannot impersonate resource \"users\""),
+        "{message}"
+    );
 
     // TokenReview, as node agents check their callers.
     let review = cluster
         .apply("/apis/authentication.k8s.io/v1/tokenreviews", json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}))
         .await;
     assert_eq!(review["status"]["authenticated"], true);
-    assert_eq!(review["status"]["user"]["username"], "system:serviceaccount:sec:reader");
+    assert_eq!(
+        review["status"]["user"]["username"],
+        "system:serviceaccount:sec:reader"
+    );
 }
 
 #[tokio::test]
 async fn roles_cannot_grant_what_their_author_lacks() {
     let cluster = Cluster::start().await;
     cluster
-        .apply("/api/v1/namespaces", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}}))
+        .apply(
+            "/api/v1/namespaces",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}}),
+        )
         .await;
     // alice may manage RoleBindings in "team" and read pods there, no more.
     cluster
@@ -280,9 +312,13 @@ async fn roles_cannot_grant_what_their_author_lacks() {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "pod-getter"},
         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]});
     eventually("alice's binding applies", || async {
-        post(&alice, "/apis/rbac.authorization.k8s.io/v1/namespaces/team/roles", probe.clone())
-            .await
-            .is_ok()
+        post(
+            &alice,
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/team/roles",
+            probe.clone(),
+        )
+        .await
+        .is_ok()
     })
     .await;
     // Granting secrets, which she cannot read herself: refused.
@@ -293,7 +329,10 @@ async fn roles_cannot_grant_what_their_author_lacks() {
     .unwrap_err();
     let (code, message) = status(err);
     assert_eq!(code, 403);
-    assert!(message.contains("is attempting to grant RBAC permissions not currently held"), "{message}");
+    assert!(
+        message.contains("is attempting to grant RBAC permissions not currently held"),
+        "{message}"
+    );
     // Binding cluster-admin to herself: refused as well.
     let err = post(&alice, "/apis/rbac.authorization.k8s.io/v1/namespaces/team/rolebindings", json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "escalate"},
@@ -322,24 +361,45 @@ async fn pod_bound_tokens_die_with_their_pod() {
         .find(|v| v.name.starts_with("kube-api-access-"))
         .expect("the token volume");
     let sources = volume.projected.unwrap().sources.unwrap();
-    assert_eq!(sources[0].service_account_token.as_ref().unwrap().expiration_seconds, Some(3607));
-    assert_eq!(sources[1].config_map.as_ref().unwrap().name, "kube-root-ca.crt");
+    assert_eq!(
+        sources[0]
+            .service_account_token
+            .as_ref()
+            .unwrap()
+            .expiration_seconds,
+        Some(3607)
+    );
+    assert_eq!(
+        sources[1].config_map.as_ref().unwrap().name,
+        "kube-root-ca.crt"
+    );
     assert_eq!(
         spec.containers[0].volume_mounts.as_ref().unwrap()[0].mount_path,
         "/var/run/secrets/kubernetes.io/serviceaccount"
     );
 
     cluster
-        .apply("/api/v1/namespaces/default/serviceaccounts", json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}))
+        .apply(
+            "/api/v1/namespaces/default/serviceaccounts",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}),
+        )
         .await;
     let uid = created.metadata.uid.clone().unwrap();
     let token = cluster.token("default", "default", Some(("p", &uid))).await;
     let client = cluster.with_token(&token);
     let whoami = || async {
-        post(&client, "/apis/authentication.k8s.io/v1/selfsubjectreviews", json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})).await
+        post(
+            &client,
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}),
+        )
+        .await
     };
     let me = whoami().await.unwrap();
-    assert_eq!(me["status"]["userInfo"]["extra"]["authentication.kubernetes.io/pod-name"], json!(["p"]));
+    assert_eq!(
+        me["status"]["userInfo"]["extra"]["authentication.kubernetes.io/pod-name"],
+        json!(["p"])
+    );
     Api::<Pod>::namespaced(cluster.admin.clone(), "default")
         .delete("p", &kube::api::DeleteParams::default().grace_period(0))
         .await
@@ -349,9 +409,13 @@ async fn pod_bound_tokens_die_with_their_pod() {
     })
     .await;
     // A token bound to a pod that is not (or no longer) there: refused.
-    let err = post(&cluster.admin, "/api/v1/namespaces/default/serviceaccounts/default/token", json!({
+    let err = post(
+        &cluster.admin,
+        "/api/v1/namespaces/default/serviceaccounts/default/token",
+        json!({
         "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "p", "uid": uid}}}))
+        "spec": {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "p", "uid": uid}}}),
+    )
     .await
     .unwrap_err();
     assert_eq!(status(err).0, 404);
@@ -367,9 +431,8 @@ async fn nodes_may_change_only_their_own_node() {
     }
     let n1 = cluster.as_user("system:node:n1", &["system:nodes"]);
     let as_n1: Api<Node> = Api::all(n1.clone());
-    let label = |value: &str| {
-        kube::api::Patch::Merge(json!({"metadata": {"labels": {"hacked": value}}}))
-    };
+    let label =
+        |value: &str| kube::api::Patch::Merge(json!({"metadata": {"labels": {"hacked": value}}}));
     as_n1
         .patch("n1", &Default::default(), &label("no"))
         .await
@@ -381,10 +444,17 @@ async fn nodes_may_change_only_their_own_node() {
             .unwrap_err(),
     );
     assert_eq!(code, 403, "{message}");
-    assert!(message.starts_with("nodes \"n2\" is forbidden: "), "{message}");
+    assert!(
+        message.starts_with("nodes \"n2\" is forbidden: "),
+        "{message}"
+    );
     // A node reads no Secret its pods do not use.
     Api::<Secret>::namespaced(cluster.admin.clone(), "default")
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "s"}, "stringData": {"k": "v"}})).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "s"}, "stringData": {"k": "v"}}))
+                .unwrap(),
+        )
         .await
         .unwrap();
     let secrets: Api<Secret> = Api::namespaced(n1, "default");
@@ -395,8 +465,11 @@ async fn nodes_may_change_only_their_own_node() {
 async fn pod_security_enforces_and_warns_by_namespace_label() {
     let cluster = Cluster::start().await;
     cluster
-        .apply("/api/v1/namespaces", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "locked",
-            "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}))
+        .apply(
+            "/api/v1/namespaces",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "locked",
+            "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}),
+        )
         .await;
     let namespace: Value = cluster
         .admin
@@ -407,10 +480,17 @@ async fn pod_security_enforces_and_warns_by_namespace_label() {
         )
         .await
         .unwrap();
-    assert_eq!(namespace["metadata"]["labels"]["kubernetes.io/metadata.name"], "locked");
+    assert_eq!(
+        namespace["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "locked"
+    );
     let privileged: Pod = serde_json::from_value(json!({"metadata": {"name": "priv"}, "spec": {"containers": [{"name": "c", "image": "busybox", "securityContext": {"privileged": true}}]}})).unwrap();
     let pods: Api<Pod> = Api::namespaced(cluster.admin.clone(), "locked");
-    let (code, message) = status(pods.create(&PostParams::default(), &privileged).await.unwrap_err());
+    let (code, message) = status(
+        pods.create(&PostParams::default(), &privileged)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(code, 403);
     assert!(
         message.starts_with("pods \"priv\" is forbidden: violates PodSecurity \"restricted:latest\": privileged (container \"c\" must not set securityContext.privileged=true)"),
@@ -419,5 +499,7 @@ async fn pod_security_enforces_and_warns_by_namespace_label() {
     let compliant: Pod = serde_json::from_value(json!({"metadata": {"name": "ok"}, "spec": {
         "securityContext": {"runAsNonRoot": true, "runAsUser": 65534, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{"name": "c", "image": "busybox", "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]}})).unwrap();
-    pods.create(&PostParams::default(), &compliant).await.unwrap();
+    pods.create(&PostParams::default(), &compliant)
+        .await
+        .unwrap();
 }

@@ -360,7 +360,16 @@ mod tests {
         let bootstrap = strings(&["system:bootstrappers", "system:authenticated"]);
         let nodes = strings(&["system:nodes", "system:authenticated"]);
         let n1 = info("system:node:n1", &["system:nodes"], 0);
-        let cases: &[(&str, &str, &[String], &[String], &CsrInfo, Option<Approval>)] = &[
+        /// signer, requester, groups, usages, subject, expected approval
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a [String],
+            &'a [String],
+            &'a CsrInfo,
+            Option<Approval>,
+        );
+        let cases: &[Case] = &[
             (
                 KUBELET_CLIENT_SIGNER,
                 "system:bootstrap:x",

@@ -243,7 +243,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             node_ips.push(local.ip());
         }
         let serving = pki
-            .ensure_serving("serving-kubelet", &[node_name.clone()], &node_ips)
+            .ensure_serving(
+                "serving-kubelet",
+                std::slice::from_ref(&node_name),
+                &node_ips,
+            )
             .context("issuing the node's serving certificate")?;
         let client = crate::client::client_from(Some(&kubeconfig)).await?;
         // The node's role is the control plane's to state: NodeRestriction

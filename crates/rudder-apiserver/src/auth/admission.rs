@@ -111,7 +111,10 @@ impl ApiServer {
             && is(request.info, "", "pods")
             && request.subresource.is_none();
         let is_mirror = obj
-            .pointer(&format!("/metadata/annotations/{}", MIRROR_ANNOTATION.replace('/', "~1")))
+            .pointer(&format!(
+                "/metadata/annotations/{}",
+                MIRROR_ANNOTATION.replace('/', "~1")
+            ))
             .is_some();
         if is_new_pod && !is_mirror && obj["spec"].is_object() {
             // Pods run as `default` unless they name an account (mirror

@@ -119,12 +119,8 @@ mod tests {
 
     #[test]
     fn requests_map_to_kubernetes_attributes() {
-        let cases: &[(
-            Method,
-            &str,
-            Option<&str>,
-            (&str, &str, &str, &str, &str, &str),
-        )] = &[
+        type Want<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, &'a str);
+        let cases: &[(Method, &str, Option<&str>, Want)] = &[
             (
                 Method::GET,
                 "/api/v1/namespaces/sec/pods",
