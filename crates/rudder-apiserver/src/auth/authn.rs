@@ -42,18 +42,24 @@ impl ApiServer {
         if !rudder_auth::token::looks_like_jwt(token) {
             return None;
         }
-        let claims = match security
-            .config
-            .tokens
-            .verifier()
-            .with_audiences(audiences.to_vec())
-            .verify(token, SystemTime::now())
-        {
-            Ok(claims) => claims,
-            Err(err) => {
-                tracing::debug!(error = %err, "a bearer token did not verify");
-                return None;
-            }
+        let claims = match security.verified.get(token, audiences) {
+            Some(claims) => claims,
+            None => match security
+                .config
+                .tokens
+                .verifier()
+                .with_audiences(audiences.to_vec())
+                .verify(token, SystemTime::now())
+            {
+                Ok(claims) => {
+                    security.verified.insert(token, audiences, &claims);
+                    claims
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "a bearer token did not verify");
+                    return None;
+                }
+            },
         };
         let alive = match claims.kind()? {
             TokenKind::Bound(bound) => self.bound_objects_alive(bound).await,
@@ -151,6 +157,53 @@ impl ApiServer {
             format!("{prefix}{namespace}/{name}")
         };
         self.caches().get(self.store(), &prefix).get(&key).await
+    }
+}
+
+/// How long a verified signature is trusted without checking it again
+/// (kube-apiserver caches token authentication for 10 s as well). Expiry
+/// and the objects a token is bound to are checked on every request.
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Entries kept at most; past that the cache starts over.
+const VERIFIED_MAX: usize = 4096;
+
+/// Tokens whose signature, issuer and audience verified lately: an ES256
+/// verification costs more than the rest of a request's authorization.
+#[derive(Default)]
+pub(crate) struct VerifiedTokens {
+    entries: std::sync::Mutex<
+        std::collections::HashMap<
+            (String, Vec<String>),
+            (rudder_auth::token::Claims, std::time::Instant),
+        >,
+    >,
+}
+
+impl VerifiedTokens {
+    fn get(&self, token: &str, audiences: &[String]) -> Option<rudder_auth::token::Claims> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let (claims, until) = entries.get(&(token.to_owned(), audiences.to_vec()))?;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let unexpired = claims.exp.is_none_or(|exp| exp > now);
+        (std::time::Instant::now() < *until && unexpired).then(|| claims.clone())
+    }
+
+    fn insert(&self, token: &str, audiences: &[String], claims: &rudder_auth::token::Claims) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= VERIFIED_MAX {
+            let now = std::time::Instant::now();
+            entries.retain(|_, (_, until)| *until > now);
+            if entries.len() >= VERIFIED_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            (token.to_owned(), audiences.to_vec()),
+            (claims.clone(), std::time::Instant::now() + VERIFIED_TTL),
+        );
     }
 }
 

@@ -71,6 +71,9 @@ pub struct AuditConfig {
 pub(crate) struct Security {
     pub(crate) config: SecurityConfig,
     pub(crate) policy: PolicyState,
+    /// Tokens whose signature verified lately (the objects they are bound
+    /// to are still checked on every request).
+    pub(crate) verified: authn::VerifiedTokens,
 }
 
 impl Security {
@@ -78,6 +81,7 @@ impl Security {
         Security {
             config,
             policy: PolicyState::default(),
+            verified: Default::default(),
         }
     }
 }
