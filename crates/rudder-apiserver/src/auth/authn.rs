@@ -167,15 +167,15 @@ const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 /// Entries kept at most; past that the cache starts over.
 const VERIFIED_MAX: usize = 4096;
 
+/// A token and the audiences it was verified for.
+type TokenKey = (String, Vec<String>);
+
 /// Tokens whose signature, issuer and audience verified lately: an ES256
 /// verification costs more than the rest of a request's authorization.
 #[derive(Default)]
 pub(crate) struct VerifiedTokens {
     entries: std::sync::Mutex<
-        std::collections::HashMap<
-            (String, Vec<String>),
-            (rudder_auth::token::Claims, std::time::Instant),
-        >,
+        std::collections::HashMap<TokenKey, (rudder_auth::token::Claims, std::time::Instant)>,
     >,
 }
 
