@@ -213,6 +213,29 @@ impl ApiServer {
     }
 }
 
+/// The request body as JSON: kubectl's typed clients send built-in objects
+/// (and reviews) as protobuf; everything past this point works on JSON.
+fn json_body(
+    headers: &axum::http::HeaderMap,
+    body: bytes::Bytes,
+) -> Result<bytes::Bytes, ApiError> {
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !rudder_apimachinery::protobuf::is_protobuf_content_type(content_type) {
+        return Ok(body);
+    }
+    let object = rudder_apimachinery::protobuf::decode(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the protobuf request body could not be decoded: {e}"
+        ))
+    })?;
+    Ok(serde_json::to_vec(&object)
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .into())
+}
+
 /// Routes every API path: discovery documents and resources.
 async fn dispatch(State(server): State<ApiServer>, request: Request<Body>) -> Response {
     let path = request.uri().path().to_owned();
@@ -238,22 +261,7 @@ async fn dispatch(State(server): State<ApiServer>, request: Request<Body>) -> Re
             }
         }
         if server.security().is_some() && auth::is_review(&path) {
-            let mut body = rest::read_body(body).await?;
-            let content_type = parts
-                .headers
-                .get(axum::http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if rudder_apimachinery::protobuf::is_protobuf_content_type(content_type) {
-                let object = rudder_apimachinery::protobuf::decode(&body).map_err(|e| {
-                    ApiError::BadRequest(format!(
-                        "the protobuf request body could not be decoded: {e}"
-                    ))
-                })?;
-                body = serde_json::to_vec(&object)
-                    .map_err(|e| ApiError::Internal(e.to_string()))?
-                    .into();
-            }
+            let body = json_body(&parts.headers, rest::read_body(body).await?)?;
             if let Some(answer) = auth::serve_review(&server, &parts.method, &path, &body).await {
                 return answer;
             }
@@ -265,24 +273,7 @@ async fn dispatch(State(server): State<ApiServer>, request: Request<Body>) -> Re
             return Err(ApiError::NotFoundPath);
         };
         let query = request::Query::parse(parts.uri.query())?;
-        let mut body = rest::read_body(body).await?;
-        let content_type = parts
-            .headers
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if rudder_apimachinery::protobuf::is_protobuf_content_type(content_type) {
-            // kubectl's typed clients send built-in objects as protobuf;
-            // everything past this point works on JSON.
-            let object = rudder_apimachinery::protobuf::decode(&body).map_err(|e| {
-                ApiError::BadRequest(format!(
-                    "the protobuf request body could not be decoded: {e}"
-                ))
-            })?;
-            body = serde_json::to_vec(&object)
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-                .into();
-        }
+        let body = json_body(&parts.headers, rest::read_body(body).await?)?;
         server
             .handle_resource(
                 parts.method.clone(),

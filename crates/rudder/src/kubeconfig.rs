@@ -50,10 +50,12 @@ preferences: {{}}
 }
 
 /// Writes the file atomically with owner-only permissions, so a reader never
-/// sees half a file.
+/// sees half a file (kubeconfigs, keys and certificates alike).
 pub fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("yaml.tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -412,25 +412,8 @@ fn read_pair(files: &(PathBuf, PathBuf)) -> Option<CertAndKey> {
 }
 
 fn write_pair(files: &(PathBuf, PathBuf), credentials: &CertAndKey) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    for (path, contents) in [
-        (&files.0, &credentials.cert_pem),
-        (&files.1, &credentials.key_pem),
-    ] {
-        let tmp = path.with_extension("tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        file.write_all(contents.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    crate::kubeconfig::write(&files.0, &credentials.cert_pem)?;
+    crate::kubeconfig::write(&files.1, &credentials.key_pem)
 }
 
 /// A client that authenticates with the join secret (bootstrap only).
