@@ -257,23 +257,15 @@ impl ApiServer {
         Ok(())
     }
 
-    /// The ServiceAccount plugin: pods run as `default` unless they name
-    /// an account, the account must exist, and its token, the cluster CA
-    /// and the namespace are mounted into every container.
+    /// The ServiceAccount plugin for a new pod that is not a mirror pod
+    /// (the caller checks): pods run as `default` unless they name an
+    /// account, the account must exist, and its token, the cluster CA and
+    /// the namespace are mounted into every container.
     async fn admit_service_account(
         &self,
         request: &Request<'_>,
         pod: &mut Value,
     ) -> Result<(), ApiError> {
-        if pod
-            .pointer(&format!(
-                "/metadata/annotations/{}",
-                MIRROR_ANNOTATION.replace('/', "~1")
-            ))
-            .is_some()
-        {
-            return Ok(());
-        }
         let namespace = request.namespace.unwrap_or("default");
         if !pod["spec"].is_object() {
             return Ok(());

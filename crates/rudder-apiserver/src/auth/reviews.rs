@@ -97,6 +97,20 @@ pub(crate) fn is_review(path: &str) -> bool {
     )
 }
 
+/// A JSON array of strings (anything else is skipped), as review specs
+/// carry audiences, groups and the like.
+fn string_list(value: Option<&Value>) -> Vec<String> {
+    value
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn only_post(method: &Method) -> Option<()> {
     (method == Method::POST).then_some(())
 }
@@ -164,16 +178,8 @@ impl ApiServer {
             .security()
             .map(|s| s.config.api_audiences.clone())
             .unwrap_or_default();
-        let wanted: Vec<String> = review
-            .pointer("/spec/audiences")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .filter(|a: &Vec<String>| !a.is_empty())
+        let wanted: Vec<String> = Some(string_list(review.pointer("/spec/audiences")))
+            .filter(|a| !a.is_empty())
             .unwrap_or_else(|| api_audiences.clone());
         let user = self.authenticate_token_for(&token, &wanted).await;
         review["apiVersion"] = json!(format!("authentication.k8s.io/{version}"));
@@ -204,23 +210,12 @@ impl ApiServer {
         let user = if kind == "SelfSubjectAccessReview" {
             requester()?
         } else {
-            let strings = |field: &str| -> Vec<String> {
-                spec.get(field)
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_str)
-                            .map(str::to_owned)
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
             let username = spec
                 .get("user")
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_owned();
-            let groups = strings("groups");
+            let groups = string_list(spec.get("groups"));
             if username.is_empty() && groups.is_empty() {
                 return Err(ApiError::invalid_simple(
                     kind,
@@ -387,16 +382,8 @@ impl ApiServer {
                 ),
             ));
         }
-        let audiences: Vec<String> = spec
-            .get("audiences")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .filter(|a: &Vec<String>| !a.is_empty())
+        let audiences: Vec<String> = Some(string_list(spec.get("audiences")))
+            .filter(|a| !a.is_empty())
             .unwrap_or_else(|| security.config.api_audiences.clone());
         if let Some(user) = super::current_user().filter(|u| u.node_name().is_some()) {
             // NodeRestriction: a node asks only for tokens bound to a pod
