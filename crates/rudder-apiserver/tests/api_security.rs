@@ -180,6 +180,23 @@ async fn callers_are_authenticated_and_authorized() {
         status(forged.list(&ListParams::default()).await.unwrap_err()).0,
         401
     );
+    // A client certificate another CA signed names nobody: the handshake
+    // completes and the request is 401, as kube-apiserver answers it, even
+    // on the otherwise open health endpoint.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other_pki = ClusterPki::load_or_create(elsewhere.path()).unwrap();
+    let foreign = other_pki
+        .issue_client("system:admin", &["system:masters"], pki::LEAF_VALIDITY)
+        .unwrap();
+    let foreign = client_with_cert(&cluster.url, &cluster.pki, &foreign);
+    let as_foreign: Api<ConfigMap> = Api::namespaced(foreign.clone(), "default");
+    let (code, message) = status(as_foreign.list(&ListParams::default()).await.unwrap_err());
+    assert_eq!((code, message.as_str()), (401, "Unauthorized"));
+    let health = foreign
+        .request_text(http::Request::get("/healthz").body(Vec::new()).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(status(health).0, 401);
 
     // The admin (system:masters) may do anything.
     cluster

@@ -157,7 +157,8 @@ pub(crate) async fn guard(
     let identity = request
         .extensions()
         .get::<tls::ConnectionIdentity>()
-        .and_then(|identity| identity.0.clone());
+        .cloned()
+        .unwrap_or(tls::ConnectionIdentity::None);
     let headers = request.headers().clone();
     let authenticated = match server.authenticate(&headers, identity).await {
         Ok(user) => user,
@@ -316,19 +317,27 @@ async fn with_warnings(handler: impl std::future::Future<Output = Response>) -> 
 
 impl ApiServer {
     /// Who the request is from: `None` for an anonymous request, an error
-    /// for credentials that do not hold.
+    /// for credentials that do not hold. As kube-apiserver's union of
+    /// authenticators: a valid client certificate wins, then the bearer
+    /// token; a request whose credentials all fail is refused.
     async fn authenticate(
         &self,
         headers: &HeaderMap,
-        certificate: Option<UserInfo>,
+        certificate: tls::ConnectionIdentity,
     ) -> Result<Option<UserInfo>, ApiError> {
+        if let tls::ConnectionIdentity::User(user) = certificate {
+            return Ok(Some(user));
+        }
         if let Some(token) = bearer_token(headers) {
             return match self.authenticate_token(&token).await {
                 Some(user) => Ok(Some(user)),
                 None => Err(ApiError::Unauthorized),
             };
         }
-        Ok(certificate)
+        match certificate {
+            tls::ConnectionIdentity::Invalid => Err(ApiError::Unauthorized),
+            _ => Ok(None),
+        }
     }
 
     /// Runs the authorizer chain.

@@ -16,10 +16,18 @@ use tower::ServiceExt;
 
 use crate::ApiServer;
 
-/// The user a connection's verified client certificate names (CN is the
-/// user, each O a group), if it presented one.
+/// What a connection's client certificate says about its requests.
 #[derive(Clone, Debug)]
-pub(crate) struct ConnectionIdentity(pub Option<UserInfo>);
+pub(crate) enum ConnectionIdentity {
+    /// No certificate was presented.
+    None,
+    /// A certificate the client CA signed: CN is the user, each O a group.
+    User(UserInfo),
+    /// A certificate that names nobody (another CA's, expired, not for
+    /// client authentication, unreadable): its requests are refused 401
+    /// unless they carry a valid bearer token.
+    Invalid,
+}
 
 /// A client that opens a connection and never finishes the handshake does
 /// not hold a task forever.
@@ -32,6 +40,16 @@ pub(crate) async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    // The handshake leaves the client certificate's chain to us (see
+    // `rudder_auth::pki::server_config`).
+    let chains = server
+        .security()
+        .map(|security| {
+            rudder_auth::pki::ClientChainVerifier::new(&security.config.client_ca_pem)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
+        })
+        .transpose()?
+        .map(Arc::new);
     let router = server.router();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
@@ -51,6 +69,7 @@ pub(crate) async fn serve(
         };
         let acceptor = acceptor.clone();
         let router = router.clone();
+        let chains = chains.clone();
         let mut stop = stop_rx.clone();
         connections.spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -61,22 +80,10 @@ pub(crate) async fn serve(
                 }
                 Err(_) => return,
             };
-            let identity = ConnectionIdentity(
-                tls.get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|certs| certs.first())
-                    .and_then(|cert| match rudder_auth::pki::client_identity(cert.as_ref()) {
-                        Ok((name, groups)) => {
-                            let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
-                            Some(UserInfo::authenticated(name, &groups))
-                        }
-                        Err(err) => {
-                            tracing::debug!(%peer, error = %err, "unreadable client certificate");
-                            None
-                        }
-                    }),
-            );
+            let identity = match tls.get_ref().1.peer_certificates() {
+                Some(chain) if !chain.is_empty() => certificate_identity(&chains, chain, peer),
+                _ => ConnectionIdentity::None,
+            };
             let service = hyper::service::service_fn(
                 move |mut request: hyper::Request<hyper::body::Incoming>| {
                     request
@@ -109,6 +116,31 @@ pub(crate) async fn serve(
     let _ = stop_tx.send(true);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Who a presented certificate chain (leaf first) stands for.
+fn certificate_identity(
+    chains: &Option<Arc<rudder_auth::pki::ClientChainVerifier>>,
+    chain: &[rustls::pki_types::CertificateDer<'static>],
+    peer: SocketAddr,
+) -> ConnectionIdentity {
+    let Some(chains) = chains else {
+        return ConnectionIdentity::Invalid;
+    };
+    if let Err(err) = chains.verify(chain) {
+        tracing::debug!(%peer, error = %err, "client certificate refused");
+        return ConnectionIdentity::Invalid;
+    }
+    match rudder_auth::pki::client_identity(chain[0].as_ref()) {
+        Ok((name, groups)) => {
+            let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+            ConnectionIdentity::User(UserInfo::authenticated(name, &groups))
+        }
+        Err(err) => {
+            tracing::debug!(%peer, error = %err, "unreadable client certificate");
+            ConnectionIdentity::Invalid
+        }
+    }
 }
 
 /// Resolves once the server stops (without holding the watch's lock across

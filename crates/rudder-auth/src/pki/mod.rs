@@ -37,7 +37,7 @@ use x509_parser::extensions::GeneralName;
 
 pub use csr::{new_key_and_csr, parse_csr, CsrInfo, Signer};
 pub use join::{ca_hash, load_or_create_join_token, rotate_join_token, JoinToken};
-pub use tls::{client_config, server_config, unverified_client_config};
+pub use tls::{client_config, server_config, unverified_client_config, ClientChainVerifier};
 
 /// The CA that signs serving certificates (API server, node agents).
 pub const SERVER_CA: &str = "server-ca";

@@ -500,7 +500,7 @@ async fn handshake(
     server_result
 }
 
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateDer, ServerName};
 use std::sync::Arc;
 
 #[tokio::test]
@@ -572,14 +572,33 @@ async fn tls_with_and_without_client_certificates() {
         .unwrap_err();
     assert!(err.contains("invalid peer certificate"), "{err}");
 
-    // A client certificate from another CA is refused by the server.
+    // A client certificate from another CA completes the handshake (the
+    // request is then unauthenticated, as with kube-apiserver), but the
+    // chain verifier refuses it; the real one passes.
     let forged = other
         .issue_client("system:admin", &["system:masters"], LEAF_VALIDITY)
         .unwrap();
     let forger = client_config(pki.server_ca_pem(), Some(&forged)).unwrap();
-    assert!(handshake(server.clone(), forger, "kubernetes")
+    let presented = handshake(server.clone(), forger, "kubernetes")
         .await
-        .is_err());
+        .unwrap()
+        .expect("the server saw the forged certificate");
+    let chains = ClientChainVerifier::new(pki.client_ca_pem()).unwrap();
+    let err = chains
+        .verify(&[CertificateDer::from(presented)])
+        .unwrap_err();
+    assert!(err.to_string().contains("client certificate"), "{err}");
+    chains
+        .verify(&[CertificateDer::from(der_of(&admin.cert_pem))])
+        .unwrap();
+    assert!(chains.verify(&[]).is_err());
+    // A serving certificate of the right CA is no client certificate.
+    let serving_as_client = client_config(pki.server_ca_pem(), Some(&serving)).unwrap();
+    let presented = handshake(server.clone(), serving_as_client, "kubernetes")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(chains.verify(&[CertificateDer::from(presented)]).is_err());
 
     // The unverified client connects to anyone: the join-time CA fetch.
     let unverified = unverified_client_config();

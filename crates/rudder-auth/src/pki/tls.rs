@@ -6,8 +6,12 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
@@ -18,28 +22,107 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// A TLS server presenting `serving` that asks for, but does not require,
-/// a client certificate signed by `client_ca_pem`: clients without one can
-/// still authenticate with a bearer token, and a client that presents a
-/// certificate the CA did not sign fails the handshake. The certificate
-/// the client presented is then the connection's `peer_certificates()`.
-/// ALPN offers `http/1.1` only (the servers speak HTTP/1.1).
+/// a client certificate: clients without one can still authenticate with a
+/// bearer token. The handshake proves the client holds the key of the
+/// certificate it presents; whether `client_ca_pem` signed it is the
+/// caller's to check with a [`ClientChainVerifier`] (the presented chain is
+/// the connection's `peer_certificates()`). That is how kube-apiserver
+/// treats client certificates: one from an unknown CA is not a failed
+/// handshake but an unauthenticated request (401), and a bearer token on
+/// the same request still counts. ALPN offers `http/1.1` only (the servers
+/// speak HTTP/1.1).
 pub fn server_config(
     serving: &CertAndKey,
     client_ca_pem: &str,
 ) -> Result<Arc<ServerConfig>, PkiError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots(client_ca_pem)?),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()?;
+    let verifier = Arc::new(DeferredChainVerifier(
+        ClientChainVerifier::new(client_ca_pem)?.0,
+    ));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs(&serving.cert_pem)?, key(&serving.key_pem)?)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Checks a client certificate chain (leaf first) against the client CA:
+/// signed by it, meant for client authentication, valid now.
+#[derive(Clone, Debug)]
+pub struct ClientChainVerifier(Arc<dyn ClientCertVerifier>);
+
+impl ClientChainVerifier {
+    pub fn new(client_ca_pem: &str) -> Result<Self, PkiError> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots(client_ca_pem)?),
+            provider(),
+        )
+        .allow_unauthenticated()
+        .build()?;
+        Ok(ClientChainVerifier(verifier))
+    }
+
+    pub fn verify(&self, chain: &[CertificateDer<'_>]) -> Result<(), PkiError> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| PkiError::invalid("client certificate", "none presented"))?;
+        self.0
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| PkiError::invalid("client certificate", e))
+    }
+}
+
+/// Requests a client certificate and checks the handshake signature made
+/// with its key, but accepts any chain: [`ClientChainVerifier`] decides
+/// after the handshake whether it names a user.
+#[derive(Debug)]
+struct DeferredChainVerifier(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for DeferredChainVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// A TLS client that trusts only `ca_pem` and, when given one, presents
