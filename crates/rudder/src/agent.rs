@@ -163,18 +163,32 @@ pub fn config(
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let node_name = args.flags.node_name.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        rudder_agent::node::node_name_from_hostname(host.trim())
+    });
+    let mut ips: Vec<IpAddr> = args.node_ip.into_iter().collect();
+    if ips.is_empty() {
+        ips.extend(crate::security::default_route_address());
+    }
     let mut node_tls = None;
+    let mut insecure_why = "no --token or node --kubeconfig";
     let client = match (&args.server, &args.kubeconfig) {
-        (_, Some(path)) => crate::client::client_from(Some(path)).await?,
-        (Some(url), None) if args.token.is_some() => {
-            let node_name = args.flags.node_name.clone().unwrap_or_else(|| {
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-                rudder_agent::node::node_name_from_hostname(host.trim())
-            });
-            let mut ips: Vec<IpAddr> = args.node_ip.into_iter().collect();
-            if ips.is_empty() {
-                ips.extend(crate::security::default_route_address());
+        (_, Some(path)) => {
+            let client = crate::client::client_from(Some(path)).await?;
+            match crate::security::kubeconfig_serving(&client, &args.data_dir, &node_name, &ips)
+                .await
+                .context("securing the agent's API")?
+            {
+                Ok(tls) => node_tls = Some(tls),
+                Err(why) => {
+                    tracing::warn!("{why}");
+                    insecure_why = "--kubeconfig is not this node's";
+                }
             }
+            client
+        }
+        (Some(url), None) if args.token.is_some() => {
             let credentials = crate::security::join(
                 url,
                 args.token.as_deref().unwrap_or_default(),
@@ -212,7 +226,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 });
         }
         None => tracing::warn!(
-            "no --token: the agent's API (logs, exec, port-forward, stats) is served over plain HTTP without authentication; join with --token to secure it"
+            "{insecure_why}: the agent's API (logs, exec, port-forward, stats) is served over plain HTTP without authentication; join with --token (or a kubeconfig of system:node:NAME) to secure it"
         ),
     }
     tokio::select! {

@@ -355,35 +355,96 @@ pub async fn join(
     };
     write_kubeconfig(&kubeconfig, server, &ca_pem, &user, &client_credentials)?;
 
-    let serving_files = (
-        data_dir.join("serving-kubelet.crt"),
-        data_dir.join("serving-kubelet.key"),
-    );
-    let serving = match read_pair(&serving_files).filter(|c| still_valid(&c.cert_pem)) {
-        Some(serving) => serving,
-        None => {
-            let client = crate::client::client_from(Some(&kubeconfig)).await?;
-            let (key_pem, csr_pem) =
-                pki::new_key_and_csr(&user, &["system:nodes"], &[node_name.to_owned()], node_ips)
-                    .context("making the node's serving key")?;
-            let cert_pem = request_certificate(
-                &client,
-                &csr_pem,
-                "kubernetes.io/kubelet-serving",
-                &["digital signature", "server auth"],
-            )
-            .await
-            .context("obtaining the node's serving certificate")?;
-            let serving = CertAndKey { cert_pem, key_pem };
-            write_pair(&serving_files, &serving)?;
-            serving
-        }
-    };
+    let client = crate::client::client_from(Some(&kubeconfig)).await?;
+    let serving = ensure_serving(&client, data_dir, &user, node_name, node_ips).await?;
     Ok(AgentCredentials {
         kubeconfig,
         serving,
         client_ca_pem,
     })
+}
+
+/// The node's serving certificate from `DATA_DIR/serving-kubelet.{crt,key}`
+/// while it is good for another day, else a new one through a CSR that
+/// `client` (speaking as `user`, the node) files for the kubelet-serving
+/// signer.
+async fn ensure_serving(
+    client: &kube::Client,
+    data_dir: &Path,
+    user: &str,
+    node_name: &str,
+    node_ips: &[IpAddr],
+) -> anyhow::Result<CertAndKey> {
+    let serving_files = (
+        data_dir.join("serving-kubelet.crt"),
+        data_dir.join("serving-kubelet.key"),
+    );
+    if let Some(serving) = read_pair(&serving_files).filter(|c| still_valid(&c.cert_pem)) {
+        return Ok(serving);
+    }
+    let (key_pem, csr_pem) =
+        pki::new_key_and_csr(user, &["system:nodes"], &[node_name.to_owned()], node_ips)
+            .context("making the node's serving key")?;
+    let cert_pem = request_certificate(
+        client,
+        &csr_pem,
+        "kubernetes.io/kubelet-serving",
+        &["digital signature", "server auth"],
+    )
+    .await
+    .context("obtaining the node's serving certificate")?;
+    let serving = CertAndKey { cert_pem, key_pem };
+    write_pair(&serving_files, &serving)?;
+    Ok(serving)
+}
+
+/// An agent started with `--kubeconfig` secures its own API as a joined
+/// agent does when that kubeconfig speaks for this node
+/// (`system:node:NAME`, asked with a SelfSubjectReview): the client CA
+/// from the server, and a serving certificate. `Ok(None)` (with the
+/// reason) when it speaks for someone else or the server is not a secured
+/// Rudder: the kubelet-serving signer only signs for the node itself.
+pub async fn kubeconfig_serving(
+    client: &kube::Client,
+    data_dir: &Path,
+    node_name: &str,
+    node_ips: &[IpAddr],
+) -> anyhow::Result<Result<(CertAndKey, String), String>> {
+    let review = kube::core::Request::new("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+        .create(
+            &kube::api::PostParams::default(),
+            serde_json::to_vec(&serde_json::json!({
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "SelfSubjectReview",
+            }))?,
+        )?;
+    let review: serde_json::Value = match client.request(review).await {
+        Ok(review) => review,
+        Err(err) => {
+            return Ok(Err(format!(
+                "the server did not say who the kubeconfig is ({err})"
+            )))
+        }
+    };
+    let user = review
+        .pointer("/status/userInfo/username")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let node_user = format!("system:node:{node_name}");
+    if user != node_user {
+        return Ok(Err(format!(
+            "the kubeconfig is {user:?}, not {node_user:?}, and only a node may have its serving certificate signed"
+        )));
+    }
+    let client_ca_pem = client
+        .request_text(http::Request::get("/client-ca.crt").body(Vec::new())?)
+        .await
+        .context("fetching the client CA")?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let serving = ensure_serving(client, data_dir, &user, node_name, node_ips).await?;
+    Ok(Ok((serving, client_ca_pem)))
 }
 
 fn issued_for(cert_pem: &str, user: &str) -> bool {

@@ -152,37 +152,18 @@ impl Cluster {
                 )
                 .unwrap();
             }
-            let child = Command::new("ip")
-                .args(["netns", "exec", &node_ns(i)])
-                .arg(env!("CARGO_BIN_EXE_rudder"))
-                .args(["agent", "--server"])
-                .arg(format!("https://{HOST_IP}:{port}"))
-                // Nodes join with the server's token (TLS bootstrapping).
-                .arg("--token")
-                .arg(
-                    std::fs::read_to_string(cluster.dir.path().join("server/node-token"))
-                        .unwrap()
-                        .trim(),
-                )
-                .arg("--data-dir")
-                .arg(&agent_dir)
-                .args(["--node-name", &node_ns(i), "--node-ip", &node_ip(i)])
-                .args([
-                    "--cluster-cidr",
-                    CLUSTER_CIDR,
-                    "--service-cidr",
-                    SERVICE_CIDR,
-                ])
-                .args([
-                    "--pod-network",
-                    "vxlan",
-                    "--eviction-hard",
-                    "memory.available<100Mi",
-                ])
-                .stdout(Stdio::null())
-                .stderr(log_file(cluster.dir.path(), &format!("agent-{i}.log")))
-                .spawn()
-                .unwrap();
+            // Nodes join with the server's token (TLS bootstrapping).
+            let token =
+                std::fs::read_to_string(cluster.dir.path().join("server/node-token")).unwrap();
+            let child = cluster.spawn_agent(
+                i,
+                &[
+                    "--server",
+                    &format!("https://{HOST_IP}:{port}"),
+                    "--token",
+                    token.trim(),
+                ],
+            );
             cluster.agents.push(child);
         }
         cluster.eventually("two Ready nodes", 120, |c| {
@@ -193,6 +174,61 @@ impl Cluster {
                 == 2
         });
         cluster
+    }
+
+    /// Starts node `i`'s agent in its network namespace, reaching the API
+    /// server with `credentials`.
+    fn spawn_agent(&self, i: usize, credentials: &[&str]) -> Child {
+        let agent_dir = self.agent_dir(i);
+        Command::new("ip")
+            .args(["netns", "exec", &node_ns(i)])
+            .arg(env!("CARGO_BIN_EXE_rudder"))
+            .arg("agent")
+            .args(credentials)
+            .arg("--data-dir")
+            .arg(&agent_dir)
+            .args(["--node-name", &node_ns(i), "--node-ip", &node_ip(i)])
+            .args([
+                "--cluster-cidr",
+                CLUSTER_CIDR,
+                "--service-cidr",
+                SERVICE_CIDR,
+            ])
+            .args([
+                "--pod-network",
+                "vxlan",
+                "--eviction-hard",
+                "memory.available<100Mi",
+            ])
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join(format!("agent-{i}.log")))
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap()
+    }
+
+    /// The HTTP status node `i`'s agent API answers an anonymous HTTPS
+    /// request with ("000" while nothing answers over TLS).
+    fn agent_api_status(&self, i: usize) -> String {
+        let out = Command::new("curl")
+            .args([
+                "-sk",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "3",
+            ])
+            .arg(format!("https://{}:10250/pods", node_ip(i)))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     fn agent_dir(&self, i: usize) -> PathBuf {
@@ -331,7 +367,24 @@ spec:
 
 #[test]
 fn two_nodes_reach_each_others_pods_services_and_names() {
-    let cluster = Cluster::start();
+    let mut cluster = Cluster::start();
+    // A joined agent's API is HTTPS and refuses anonymous callers, and so
+    // it stays when the agent restarts with the kubeconfig it joined with
+    // (no token): that kubeconfig is the node's own, so the agent keeps
+    // (or renews) its serving certificate.
+    assert_eq!(cluster.agent_api_status(2), "401", "{}", cluster.logs());
+    let mut joined = cluster.agents.remove(1);
+    let _ = Command::new("kill")
+        .args(["-TERM", &joined.id().to_string()])
+        .status();
+    let _ = joined.wait();
+    let kubeconfig = cluster.agent_dir(2).join("kubelet.kubeconfig");
+    let restarted = cluster.spawn_agent(2, &["--kubeconfig", kubeconfig.to_str().unwrap()]);
+    cluster.agents.push(restarted);
+    cluster.eventually("the restarted agent's API answers over HTTPS", 60, |c| {
+        c.agent_api_status(2) != "000"
+    });
+    assert_eq!(cluster.agent_api_status(2), "401", "{}", cluster.logs());
     let cidrs = cluster.ok(&[
         "get",
         "nodes",
