@@ -186,6 +186,19 @@ pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Fi
             let mutating = plural == "mutatingwebhookconfigurations";
             v.causes
                 .extend(crate::webhook::validate_configuration(obj, mutating));
+            // Accepted, so manifests written for Kubernetes install, but
+            // the writer is told the conditions will not narrow anything.
+            for (i, hook) in obj["webhooks"].as_array().into_iter().flatten().enumerate() {
+                if hook["matchConditions"]
+                    .as_array()
+                    .is_some_and(|c| !c.is_empty())
+                {
+                    crate::auth::admission::warn(format!(
+                        "webhooks[{i}].matchConditions: Rudder does not evaluate CEL; webhook {:?} is called as if every condition held",
+                        hook["name"].as_str().unwrap_or_default()
+                    ));
+                }
+            }
         }
         _ => {}
     }

@@ -89,6 +89,49 @@ async fn webhook_configurations_are_defaulted_validated_and_served() {
         .await
         .unwrap();
 
+    // matchConditions are kept, and the writer is warned they are not
+    // evaluated.
+    let with_conditions = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "conditional"},
+        "webhooks": [{
+            "name": "conditional.example.com",
+            "clientConfig": {"url": "https://conditional.example.com/validate"},
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "matchConditions": [{"name": "not-leases", "expression": "request.resource.resource != 'leases'"}],
+        }],
+    });
+    let request = http::Request::post(
+        "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+    )
+    .header("content-type", "application/json")
+    .body(kube::client::Body::from(
+        serde_json::to_vec(&with_conditions).unwrap(),
+    ))
+    .unwrap();
+    let response = client.send(request).await.unwrap();
+    assert_eq!(response.status(), 201);
+    let warnings: Vec<String> = response
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        warnings,
+        vec![r#"299 - "webhooks[0].matchConditions: Rudder does not evaluate CEL; webhook \"conditional.example.com\" is called as if every condition held""#.to_owned()]
+    );
+    let stored = validating.get("conditional").await.unwrap();
+    assert_eq!(
+        stored.webhooks.unwrap()[0]
+            .match_conditions
+            .as_ref()
+            .map(Vec::len),
+        Some(1)
+    );
+
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client);
     let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
         "metadata": {"name": "inject"},

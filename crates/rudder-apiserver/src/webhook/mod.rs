@@ -13,7 +13,8 @@
 //!   version of each resource, so there is no equivalent resource to
 //!   convert to.
 //! - `matchConditions` (CEL) are not evaluated: a webhook is called as if
-//!   they all held, which calls it more often, never less.
+//!   they all held, which calls it more often, never less. Writing such a
+//!   configuration answers with a `Warning` that says so.
 //! - Only AdmissionReview v1 is sent (configurations must list `v1`).
 //! - The validating webhooks' refusal returned is the first in
 //!   configuration order rather than the first to arrive, so the answer
