@@ -29,19 +29,14 @@ impl ApiServer {
                 "kind": "APIGroupList",
                 "apiVersion": "v1",
                 "groups": self
-                    .registry()
-                    .groups()
+                    .served_groups()
                     .into_iter()
                     .filter(|(group, _)| !group.is_empty())
                     .map(|(group, versions)| group_document(&group, &versions))
                     .collect::<Vec<_>>(),
             }),
             ["apis", group] => {
-                let (_, versions) = self
-                    .registry()
-                    .groups()
-                    .into_iter()
-                    .find(|(g, _)| g == group)?;
+                let (_, versions) = self.served_groups().into_iter().find(|(g, _)| g == group)?;
                 let mut doc = group_document(group, &versions);
                 doc["kind"] = json!("APIGroup");
                 doc["apiVersion"] = json!("v1");
@@ -77,19 +72,18 @@ impl ApiServer {
     /// per group version.
     fn aggregated_discovery(&self, core: bool) -> Response {
         let mut items = Vec::new();
-        for (group, versions) in self.registry().groups() {
+        let served = self.served_resources();
+        for (group, versions) in self.served_groups() {
             if group.is_empty() != core {
                 continue;
             }
             let versions: Vec<Value> = versions
                 .iter()
                 .map(|version| {
-                    let resources: Vec<Value> = self
-                        .registry()
-                        .all()
-                        .into_iter()
+                    let resources: Vec<Value> = served
+                        .iter()
                         .filter(|r| r.group == group && &r.version == version)
-                        .map(|r| aggregated_resource(&r))
+                        .map(|r| aggregated_resource(r))
                         .collect();
                     json!({"version": version, "resources": resources, "freshness": "Current"})
                 })
@@ -113,10 +107,37 @@ impl ApiServer {
             .into_response()
     }
 
+    /// The registry's resources and, on a secured server, the review
+    /// resources (create-only, nothing stored) that `auth` answers.
+    fn served_resources(&self) -> Vec<std::sync::Arc<ResourceInfo>> {
+        let mut resources = self.registry().all();
+        if self.security().is_some() {
+            resources.extend(
+                crate::registry::review_resources()
+                    .into_iter()
+                    .map(std::sync::Arc::new),
+            );
+        }
+        resources
+    }
+
+    /// The groups and versions of [`Self::served_resources`], preferred
+    /// version first.
+    fn served_groups(&self) -> Vec<(String, Vec<String>)> {
+        let mut groups = self.registry().groups();
+        if self.security().is_some() {
+            for review in crate::registry::review_resources() {
+                if !groups.iter().any(|(g, _)| *g == review.group) {
+                    groups.push((review.group, vec![review.version]));
+                }
+            }
+        }
+        groups
+    }
+
     fn resource_list(&self, group: &str, version: &str) -> Option<Value> {
         let resources: Vec<std::sync::Arc<ResourceInfo>> = self
-            .registry()
-            .all()
+            .served_resources()
             .into_iter()
             .filter(|r| r.group == group && r.version == version)
             .collect();

@@ -76,6 +76,12 @@ fn builtin_schema(
         ("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration") => api::admissionregistration::v1::MutatingWebhookConfiguration,
         ("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration") => api::admissionregistration::v1::ValidatingWebhookConfiguration,
         ("apiextensions.k8s.io", "v1", "CustomResourceDefinition") => apiextensions::CustomResourceDefinition,
+        ("authentication.k8s.io", "v1", "TokenReview") => api::authentication::v1::TokenReview,
+        ("authentication.k8s.io", "v1", "SelfSubjectReview") => api::authentication::v1::SelfSubjectReview,
+        ("authorization.k8s.io", "v1", "LocalSubjectAccessReview") => api::authorization::v1::LocalSubjectAccessReview,
+        ("authorization.k8s.io", "v1", "SelfSubjectAccessReview") => api::authorization::v1::SelfSubjectAccessReview,
+        ("authorization.k8s.io", "v1", "SelfSubjectRulesReview") => api::authorization::v1::SelfSubjectRulesReview,
+        ("authorization.k8s.io", "v1", "SubjectAccessReview") => api::authorization::v1::SubjectAccessReview,
     }
 }
 
@@ -359,7 +365,10 @@ impl OpenApi {
         custom: &BTreeMap<(String, String, String), Value>,
     ) -> OpenApi {
         let mut by_gv: BTreeMap<(String, String), Vec<Arc<ResourceInfo>>> = BTreeMap::new();
-        for info in registry.all() {
+        let reviews = crate::registry::review_resources()
+            .into_iter()
+            .map(Arc::new);
+        for info in registry.all().into_iter().chain(reviews) {
             by_gv
                 .entry((info.group.clone(), info.version.clone()))
                 .or_default()
@@ -777,6 +786,13 @@ fn paths(resources: &[Arc<ResourceInfo>], names: &BTreeMap<String, String>) -> V
                     "delete": op("delete", "delete", false, false),
                     "parameters": item_params.clone(),
                 }),
+            );
+        }
+        if info.verbs == ["create"] {
+            // A review: posted, answered, never stored.
+            paths.insert(
+                collection.clone(),
+                json!({"post": op("post", "create", true, false), "parameters": path_params}),
             );
         }
         if info.has_subresource("status") {

@@ -672,6 +672,51 @@ fn builtin_resources() -> impl Iterator<Item = ResourceInfo> {
     })
 }
 
+/// The reviews: `create` only, answered by `auth` (on a secured server)
+/// and never stored, so they are not in the registry; discovery and OpenAPI
+/// list them.
+pub(crate) fn review_resources() -> Vec<ResourceInfo> {
+    let review = |group: &str, kind: &str, plural: &str, namespaced: bool| ResourceInfo {
+        group: group.into(),
+        version: "v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+        singular: kind.to_ascii_lowercase(),
+        namespaced,
+        short_names: Vec::new(),
+        categories: Vec::new(),
+        subresources: Vec::new(),
+        verbs: vec!["create".into()],
+        printer_columns: Vec::new(),
+        custom: false,
+    };
+    const AUTHN: &str = "authentication.k8s.io";
+    const AUTHZ: &str = "authorization.k8s.io";
+    vec![
+        review(AUTHN, "TokenReview", "tokenreviews", false),
+        review(AUTHN, "SelfSubjectReview", "selfsubjectreviews", false),
+        review(
+            AUTHZ,
+            "LocalSubjectAccessReview",
+            "localsubjectaccessreviews",
+            true,
+        ),
+        review(
+            AUTHZ,
+            "SelfSubjectAccessReview",
+            "selfsubjectaccessreviews",
+            false,
+        ),
+        review(
+            AUTHZ,
+            "SelfSubjectRulesReview",
+            "selfsubjectrulesreviews",
+            false,
+        ),
+        review(AUTHZ, "SubjectAccessReview", "subjectaccessreviews", false),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

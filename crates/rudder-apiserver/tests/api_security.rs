@@ -198,6 +198,46 @@ async fn callers_are_authenticated_and_authorized() {
         .unwrap_err();
     assert_eq!(status(health).0, 401);
 
+    // The reviews are in discovery (create only), so `kubectl
+    // api-resources` and `kubectl explain` know them.
+    let authorization = cluster
+        .admin
+        .request_text(
+            http::Request::get("/apis/authorization.k8s.io/v1")
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let list: Value = serde_json::from_str(&authorization).unwrap();
+    let names: Vec<(&str, bool, &Value)> = list["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap(),
+                r["namespaced"].as_bool().unwrap(),
+                &r["verbs"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("localsubjectaccessreviews", true, &json!(["create"])),
+            ("selfsubjectaccessreviews", false, &json!(["create"])),
+            ("selfsubjectrulesreviews", false, &json!(["create"])),
+            ("subjectaccessreviews", false, &json!(["create"])),
+        ]
+    );
+    let groups = cluster
+        .admin
+        .request_text(http::Request::get("/apis").body(Vec::new()).unwrap())
+        .await
+        .unwrap();
+    assert!(groups.contains("\"authentication.k8s.io\""), "{groups}");
+
     // The admin (system:masters) may do anything.
     cluster
         .apply(
