@@ -89,7 +89,7 @@ pub async fn serve(
 /// included, as the kubelet filters before routing).
 pub async fn serve_secure(
     listener: tokio::net::TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: tls::SecureTls,
     guard: Guard,
     app: Router,
 ) {

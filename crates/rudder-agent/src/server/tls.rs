@@ -16,7 +16,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
 use tower_service::Service;
 
 use super::auth::ClientCertificateUser;
@@ -60,7 +59,7 @@ pub enum TlsConfigError {
     #[error("the {0} holds no certificate")]
     NoCertificate(&'static str),
     #[error("the client CA is unusable: {0}")]
-    ClientCa(#[from] rustls::server::VerifierBuilderError),
+    ClientCa(String),
     #[error("the serving certificate and key are unusable: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -78,11 +77,20 @@ fn certificates(
     Ok(certificates)
 }
 
+/// The secure server's TLS: the rustls configuration, and the client CA
+/// check each presented certificate chain gets after the handshake.
+#[derive(Clone)]
+pub struct SecureTls {
+    pub config: Arc<rustls::ServerConfig>,
+    chains: rudder_auth::pki::ClientChainVerifier,
+}
+
 /// TLS 1.2 and 1.3 with ring, HTTP/1.1 by ALPN, the serving certificate,
-/// and client certificates verified against the client CA when offered.
-/// A client offering a certificate the CA did not sign fails the
-/// handshake; one offering none goes on to bearer-token authentication.
-pub fn server_config(tls: &ServingTls) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
+/// and client certificates requested. A client certificate the client CA
+/// did not sign completes the handshake but names nobody: its requests go
+/// on to bearer-token authentication and are 401 without a token, as the
+/// kubelet answers them.
+pub fn server_config(tls: &ServingTls) -> Result<SecureTls, TlsConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certificates(&tls.cert_pem, "serving certificate")?;
     let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|source| {
@@ -91,30 +99,25 @@ pub fn server_config(tls: &ServingTls) -> Result<Arc<rustls::ServerConfig>, TlsC
             source,
         }
     })?;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in certificates(&tls.client_ca_pem, "client CA")? {
-        roots.add(ca)?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()?;
+    certificates(&tls.client_ca_pem, "client CA")?;
+    let chains = rudder_auth::pki::ClientChainVerifier::new(&tls.client_ca_pem)
+        .map_err(|e| TlsConfigError::ClientCa(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(chains.handshake_verifier())
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(SecureTls {
+        config: Arc::new(config),
+        chains,
+    })
 }
 
 /// Serves `app` over TLS on `listener`, forever. Each request carries its
 /// connection's [`ClientCertificateUser`] as an extension. Accept errors
 /// (out of file descriptors) are waited out, as `axum::serve` does.
-pub async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    config: Arc<rustls::ServerConfig>,
-    app: Router,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+pub async fn serve_tls(listener: tokio::net::TcpListener, tls: SecureTls, app: Router) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -127,6 +130,7 @@ pub async fn serve_tls(
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let stream =
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -140,7 +144,7 @@ pub async fn serve_tls(
                         return;
                     }
                 };
-            let user = client_certificate_user(stream.get_ref().1);
+            let user = client_certificate_user(&tls.chains, stream.get_ref().1);
             let service =
                 hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                     request.extensions_mut().insert(user.clone());
@@ -158,16 +162,21 @@ pub async fn serve_tls(
     }
 }
 
-/// The user of the connection's client certificate, which rustls has
-/// verified if there is one.
-fn client_certificate_user(connection: &rustls::ServerConnection) -> ClientCertificateUser {
-    let Some(leaf) = connection
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-    else {
+/// The user of the connection's client certificate: none without one,
+/// and a refused one (another CA's, expired, not for client auth) names
+/// nobody either.
+fn client_certificate_user(
+    chains: &rudder_auth::pki::ClientChainVerifier,
+    connection: &rustls::ServerConnection,
+) -> ClientCertificateUser {
+    let Some(chain) = connection.peer_certificates().filter(|c| !c.is_empty()) else {
         return ClientCertificateUser(None);
     };
-    match x509::certificate_user(leaf) {
+    if let Err(e) = chains.verify(chain) {
+        tracing::debug!(error = %e, "client certificate refused");
+        return ClientCertificateUser(None);
+    }
+    match x509::certificate_user(&chain[0]) {
         Ok(user) => ClientCertificateUser(user),
         Err(e) => {
             tracing::debug!(error = %e, "reading the client certificate's subject");

@@ -36,9 +36,7 @@ pub fn server_config(
     client_ca_pem: &str,
 ) -> Result<Arc<ServerConfig>, PkiError> {
     let provider = provider();
-    let verifier = Arc::new(DeferredChainVerifier(
-        ClientChainVerifier::new(client_ca_pem)?.0,
-    ));
+    let verifier = ClientChainVerifier::new(client_ca_pem)?.handshake_verifier();
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -61,6 +59,13 @@ impl ClientChainVerifier {
         .allow_unauthenticated()
         .build()?;
         Ok(ClientChainVerifier(verifier))
+    }
+
+    /// For a server's handshake: asks for a client certificate and checks
+    /// the client holds its key, but accepts any chain, leaving it to
+    /// [`Self::verify`] after the handshake (see [`server_config`]).
+    pub fn handshake_verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(DeferredChainVerifier(self.0.clone()))
     }
 
     pub fn verify(&self, chain: &[CertificateDer<'_>]) -> Result<(), PkiError> {
