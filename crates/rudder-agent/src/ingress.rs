@@ -123,9 +123,21 @@ pub async fn sync(client: Client, informers: Informers, controller: IngressContr
 
     let recorder = EventRecorder::new(client, "rudder-ingress");
     let mut reported: HashMap<String, String> = HashMap::new();
+    // What the informers held at the last rebuild, logged when it changes:
+    // when a node serves an Ingress late, its log says when it saw it.
+    let mut seen = (usize::MAX, usize::MAX);
     loop {
         let (config, problems) = rudder_ingress::build(&cached);
         controller.update(config);
+        let now = (cached.ingresses.list().len(), cached.classes.list().len());
+        if now != seen {
+            tracing::info!(
+                ingresses = now.0,
+                ingress_classes = now.1,
+                "ingress routes rebuilt"
+            );
+            seen = now;
+        }
         report(&recorder, &cached.ingresses, &mut reported, &problems);
         changed.notified().await;
         tokio::time::sleep(COALESCE).await;
