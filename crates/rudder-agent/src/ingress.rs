@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,14 +122,46 @@ pub async fn sync(client: Client, informers: Informers, controller: IngressContr
     cached.slices.wait_synced().await;
     cached.secrets.wait_synced().await;
 
+    // Set by every change, cleared by every build: a request that matches
+    // no route rebuilds at once when the informers are ahead of the table.
+    // One build at a time, so an older build never overwrites a newer one.
+    let dirty = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let building = Arc::new(std::sync::Mutex::new(()));
+    let cached = Arc::new(cached);
+    {
+        let dirty = dirty.clone();
+        cached
+            .ingresses
+            .on_change(move |_| dirty.store(true, Ordering::SeqCst));
+    }
+    {
+        let dirty = dirty.clone();
+        cached
+            .classes
+            .on_change(move |_| dirty.store(true, Ordering::SeqCst));
+    }
+    {
+        let (cached, dirty, building) = (cached.clone(), dirty.clone(), building.clone());
+        controller.set_refresh(Arc::new(move || {
+            let _one = building.lock().unwrap_or_else(|e| e.into_inner());
+            dirty
+                .swap(false, Ordering::SeqCst)
+                .then(|| rudder_ingress::build(&*cached).0)
+        }));
+    }
     let recorder = EventRecorder::new(client, "rudder-ingress");
     let mut reported: HashMap<String, String> = HashMap::new();
     // What the informers held at the last rebuild, logged when it changes:
     // when a node serves an Ingress late, its log says when it saw it.
     let mut seen = (usize::MAX, usize::MAX);
     loop {
-        let (config, problems) = rudder_ingress::build(&cached);
-        controller.update(config);
+        let problems = {
+            let _one = building.lock().unwrap_or_else(|e| e.into_inner());
+            dirty.store(false, Ordering::SeqCst);
+            let (config, problems) = rudder_ingress::build(&*cached);
+            controller.update(config);
+            problems
+        };
         let now = (cached.ingresses.list().len(), cached.classes.list().len());
         if now != seen {
             tracing::info!(

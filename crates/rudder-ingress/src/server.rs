@@ -53,8 +53,13 @@ pub struct IngressController {
     inner: Arc<Inner>,
 }
 
+/// Builds the configuration from what its sources hold now, or `None`
+/// when nothing changed since the last build.
+pub type Refresh = Arc<dyn Fn() -> Option<IngressConfig> + Send + Sync>;
+
 struct Inner {
     routes: RwLock<Arc<RouteTable>>,
+    refresh: RwLock<Option<Refresh>>,
     certs: Arc<RwLock<Arc<CertStore>>>,
     tls: Arc<rustls::ServerConfig>,
     client: Client<HttpConnector, Incoming>,
@@ -76,6 +81,7 @@ impl IngressController {
         IngressController {
             inner: Arc::new(Inner {
                 routes: RwLock::new(Arc::new(RouteTable::default())),
+                refresh: RwLock::new(None),
                 tls: server_config(certs.clone()),
                 certs,
                 client: Client::builder(TokioExecutor::new()).build(connector),
@@ -87,6 +93,19 @@ impl IngressController {
     pub fn update(&self, config: IngressConfig) {
         *self.inner.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config.routes);
         *self.inner.certs.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config.certs);
+    }
+
+    /// Lets a request that matches no route rebuild the configuration at
+    /// once when `refresh` has newer objects, rather than wait for the
+    /// owner's next (debounced) update: every node runs its own ingress,
+    /// and a node whose table lags another's by a few milliseconds should
+    /// still route what the other already does.
+    pub fn set_refresh(&self, refresh: Refresh) {
+        *self
+            .inner
+            .refresh
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(refresh);
     }
 
     /// The routes in force.
@@ -225,6 +244,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The routes rebuilt now, if the owner's objects changed since the last
+/// build.
+fn refresh(inner: &Inner) -> Option<Arc<RouteTable>> {
+    let refresh = inner
+        .refresh
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()?;
+    let config = refresh()?;
+    let routes = Arc::new(config.routes);
+    *inner.routes.write().unwrap_or_else(|e| e.into_inner()) = routes.clone();
+    *inner.certs.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config.certs);
+    Some(routes)
+}
+
 async fn proxy(
     inner: &Inner,
     mut req: Request<Incoming>,
@@ -245,7 +279,15 @@ async fn proxy(
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let Some(backend) = routes.route(&host, &path) else {
+    let refreshed;
+    let backend = match routes.route(&host, &path) {
+        Some(backend) => Some(backend),
+        None => {
+            refreshed = refresh(inner);
+            refreshed.as_ref().and_then(|r| r.route(&host, &path))
+        }
+    };
+    let Some(backend) = backend else {
         return text(
             StatusCode::NOT_FOUND,
             format!(

@@ -325,3 +325,42 @@ async fn terminates_tls_with_the_certificate_the_client_names() {
     assert_eq!(status, 200, "{body}");
     assert!(body.starts_with("tea GET /tea"), "{body}");
 }
+
+#[tokio::test]
+async fn a_request_no_route_matches_rebuilds_when_the_objects_are_newer() {
+    let web = backend("web1").await;
+    let mut snapshot = Snapshot {
+        ingresses: vec![obj(cafe_ingress())],
+        ..Default::default()
+    };
+    service(&mut snapshot, "web", &[(web, true)]);
+    service(&mut snapshot, "tea", &[(web, true)]);
+    // The table is empty, as on a node whose debounced rebuild has not
+    // run yet; its objects already hold the Ingress.
+    let controller = IngressController::new();
+    let listening = controller.listen(&[LOOPBACK], 0, 0).await;
+    let port = listening.http[0].port();
+    let newer = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let snapshot = Arc::new(snapshot);
+    let refresh = {
+        let (newer, snapshot) = (newer.clone(), snapshot.clone());
+        Arc::new(move || {
+            newer
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+                .then(|| build(&*snapshot).0)
+        })
+    };
+    controller.set_refresh(refresh);
+
+    // Nothing newer: 404 from the table as it is.
+    let (status, body) = get(port, "cafe.example.com", "/").await;
+    assert_eq!(status, 404, "{body}");
+    // Newer objects: the miss rebuilds, and the request is routed.
+    newer.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (status, body) = get(port, "cafe.example.com", "/").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("web1 GET /"), "{body}");
+    // An unknown host stays 404 (and rebuilds nothing more).
+    let (status, _) = get(port, "elsewhere.example.com", "/").await;
+    assert_eq!(status, 404);
+}
