@@ -91,8 +91,7 @@ impl IngressController {
 
     /// Serves `config` from now on.
     pub fn update(&self, config: IngressConfig) {
-        *self.inner.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config.routes);
-        *self.inner.certs.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config.certs);
+        self.inner.install(config);
     }
 
     /// Lets a request that matches no route rebuild the configuration at
@@ -252,11 +251,17 @@ fn refresh(inner: &Inner) -> Option<Arc<RouteTable>> {
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .clone()?;
-    let config = refresh()?;
-    let routes = Arc::new(config.routes);
-    *inner.routes.write().unwrap_or_else(|e| e.into_inner()) = routes.clone();
-    *inner.certs.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config.certs);
-    Some(routes)
+    Some(inner.install(refresh()?))
+}
+
+impl Inner {
+    /// Serves `config`'s routes and certificates from now on; the routes.
+    fn install(&self, config: IngressConfig) -> Arc<RouteTable> {
+        let routes = Arc::new(config.routes);
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes.clone();
+        *self.certs.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config.certs);
+        routes
+    }
 }
 
 async fn proxy(
